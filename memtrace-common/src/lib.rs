@@ -1,0 +1,186 @@
+//! The wire contract between memtrace's eBPF programs and its userspace.
+//!
+//! Everything here is `#[repr(C)]`, fixed width, explicitly padded, and
+//! checked for size at compile time. No `bool`, `Option` or Rust enums cross
+//! the ring buffer: kinds are plain integers, decoded in userspace with
+//! explicit checks.
+#![no_std]
+
+use core::mem::size_of;
+
+/// Name of the ring buffer carrying [`Event`]s.
+pub const MAP_EVENTS: &str = "EVENTS";
+/// Name of the per-thread map holding allocator entry state until return.
+pub const MAP_INFLIGHT: &str = "INFLIGHT";
+/// Name of the per-thread map holding the C++ `operator new` call context.
+pub const MAP_CXX_CTX: &str = "CXX_CTX";
+/// Name of the user stack trace map.
+pub const MAP_STACKS: &str = "STACKS";
+/// Name of the per-CPU array of loss counters, indexed by [`Counter`].
+pub const MAP_COUNTERS: &str = "COUNTERS";
+
+/// Global: tgid of memtrace itself; its own allocations are never traced.
+pub const GLOBAL_SELF_TGID: &str = "SELF_TGID";
+/// Global: when nonzero, the eBPF programs return at once (the overhead
+/// "floor" configuration of `cargo xtask bench`).
+pub const GLOBAL_FLOOR_ONLY: &str = "FLOOR_ONLY";
+/// Global: when nonzero, process events (exec/exit) are only emitted for the
+/// tgid stored in [`GLOBAL_TARGET_TGID`].
+pub const GLOBAL_TARGET_TGID: &str = "TARGET_TGID";
+
+/// Maximum depth of a captured user stack.
+pub const STACK_DEPTH: u32 = 64;
+
+/// Kind of an [`Event`] (`Event::kind`).
+pub mod kind {
+    /// A heap block was returned by an allocator function (`func` says which).
+    pub const ALLOC: u16 = 1;
+    /// A heap block was released (`free`, or `realloc(p, 0)`).
+    pub const FREE: u16 = 2;
+    /// `realloc(old_addr, size)` returned `addr` (nonzero: success).
+    pub const REALLOC: u16 = 3;
+    /// `mmap` returned `addr` for `size` bytes; `aux` holds the flags.
+    pub const MMAP: u16 = 4;
+    /// `munmap(addr, size)` succeeded or was attempted.
+    pub const MUNMAP: u16 = 5;
+    /// `mremap(old_addr, old_size, size)` returned `addr`.
+    pub const MREMAP: u16 = 6;
+    /// The process `tgid` called exec: its old image is gone.
+    pub const EXEC: u16 = 7;
+    /// Thread `tid` of process `tgid` exited (`tid == tgid`: the leader).
+    pub const EXIT: u16 = 8;
+    /// Highest kind value understood by this version.
+    pub const MAX: u16 = EXIT;
+}
+
+/// Which allocator entry point produced an [`Event`] (`Event::func`).
+pub mod func {
+    pub const NONE: u16 = 0;
+    pub const MALLOC: u16 = 1;
+    pub const CALLOC: u16 = 2;
+    pub const REALLOC: u16 = 3;
+    pub const FREE: u16 = 4;
+    pub const POSIX_MEMALIGN: u16 = 5;
+    pub const ALIGNED_ALLOC: u16 = 6;
+    pub const MEMALIGN: u16 = 7;
+    pub const VALLOC: u16 = 8;
+    pub const PVALLOC: u16 = 9;
+    pub const MMAP: u16 = 10;
+    pub const MUNMAP: u16 = 11;
+    pub const MREMAP: u16 = 12;
+    pub const CXX_NEW: u16 = 13;
+    pub const MAX: u16 = CXX_NEW;
+}
+
+/// `Event::flags` bits.
+pub mod flags {
+    /// `caller` holds the return address into the function that called the
+    /// allocator (recovered from `[rsp]` at entry), to be inserted as the
+    /// second frame of the captured stack.
+    pub const HAS_CALLER: u16 = 1;
+}
+
+/// One record on the ring buffer. Every kind uses the same layout; fields a
+/// kind does not use are zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    pub kind: u16,
+    pub func: u16,
+    pub flags: u16,
+    pub _pad: u16,
+    /// Process (thread group) id, as the root PID namespace sees it.
+    pub tgid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Stack id in [`MAP_STACKS`], or a negative errno when capture failed.
+    pub stack_id: i32,
+    pub _pad2: u32,
+    /// `bpf_ktime_get_ns()` at the event.
+    pub ts_ns: u64,
+    /// Address returned or released.
+    pub addr: u64,
+    /// Size requested (bytes).
+    pub size: u64,
+    /// realloc/mremap: the old address.
+    pub old_addr: u64,
+    /// mremap: old length; mmap: flags.
+    pub aux: u64,
+    /// See [`flags::HAS_CALLER`].
+    pub caller: u64,
+}
+
+pub const EVENT_SIZE: usize = 72;
+const _: () = assert!(size_of::<Event>() == EVENT_SIZE);
+
+/// Entry state of an allocator call, kept per thread until its return probe.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Inflight {
+    /// `func::*` of the outermost allocator call on this thread.
+    pub func: u16,
+    pub _pad: [u16; 3],
+    /// Stack pointer at entry; nested calls have a lower one.
+    pub sp: u64,
+    /// Requested size.
+    pub size: u64,
+    /// realloc: old pointer; posix_memalign: `memptr`; mremap: old address;
+    /// mmap: flags.
+    pub arg0: u64,
+    /// mremap: old length.
+    pub arg1: u64,
+}
+const _: () = assert!(size_of::<Inflight>() == 40);
+
+/// Call context of a C++ `operator new` (which has no frame pointer):
+/// its caller and its stack, used by the `malloc` it calls.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CxxCtx {
+    pub sp: u64,
+    pub caller: u64,
+    pub stack_id: i64,
+}
+const _: () = assert!(size_of::<CxxCtx>() == 24);
+
+/// Indexes into the [`MAP_COUNTERS`] per-CPU array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// `bpf_ringbuf_reserve` failed: the ring was full, an event was lost.
+    RingFull = 0,
+    /// An insert into [`MAP_INFLIGHT`] failed: a call was not traced.
+    InflightFull = 1,
+    /// `bpf_get_stackid` failed (collision, full map, or a fault).
+    StackFail = 2,
+    /// A return probe found no matching entry (the call started before
+    /// attach, or its entry was lost).
+    ReturnWithoutEntry = 3,
+    /// Events successfully submitted.
+    Submitted = 4,
+    /// Reading `*memptr` after posix_memalign failed.
+    ReadFail = 5,
+}
+pub const COUNTER_COUNT: u32 = 6;
+
+impl Counter {
+    pub const ALL: [Counter; COUNTER_COUNT as usize] = [
+        Counter::RingFull,
+        Counter::InflightFull,
+        Counter::StackFail,
+        Counter::ReturnWithoutEntry,
+        Counter::Submitted,
+        Counter::ReadFail,
+    ];
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain old data: repr(C), only integer fields, no padding holes
+    // that are not explicit fields, valid for every bit pattern.
+    unsafe impl aya::Pod for super::Inflight {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::CxxCtx {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Event {}
+}

@@ -1,0 +1,445 @@
+//! memtrace's eBPF programs.
+//!
+//! Entry uprobes record each allocator call's arguments per thread in
+//! `INFLIGHT`; one shared uretprobe (`alloc_ret`) turns the outermost call's
+//! return into an event. Calls nested inside another allocator call on the
+//! same thread (glibc's realloc(NULL, n) calling malloc, the mmap inside a
+//! large malloc, memalign relaying to malloc, free inside realloc(p, 0)) are
+//! recognised by their lower stack pointer and never emitted twice.
+//!
+//! Stacks are captured at the return probe, where the instruction pointer is
+//! the return address into the allocator's caller and the frame-pointer walk
+//! continues from the caller's frame, so no frame is missing. C++
+//! `operator new` has no frame pointer: its entry probe captures the stack
+//! and its caller (`[rsp]`) for the malloc it makes.
+//!
+//! Every event is submitted without a wakeup; userspace drains on a short
+//! timer and is woken early only when the ring fills past a threshold.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::{map, raw_tracepoint, uprobe, uretprobe},
+    maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
+    programs::{ProbeContext, RawTracePointContext, RetProbeContext, tracing::StackIdContext},
+};
+use memtrace_common::{
+    COUNTER_COUNT, Counter, CxxCtx, Event, Inflight, flags, func, kind,
+};
+
+/// Ring buffer of [`Event`]s. Size overridden by userspace at load.
+#[map(name = "EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+
+/// Allocator calls between entry and return, keyed by thread id.
+#[map(name = "INFLIGHT")]
+static INFLIGHT: HashMap<u32, Inflight> = HashMap::with_max_entries(16384, 0);
+
+/// C++ operator new call contexts, keyed by thread id.
+#[map(name = "CXX_CTX")]
+static CXX_CTX: HashMap<u32, CxxCtx> = HashMap::with_max_entries(16384, 0);
+
+/// User stacks. Size overridden by userspace at load.
+#[map(name = "STACKS")]
+static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
+
+/// Loss and activity counters, indexed by [`Counter`].
+#[map(name = "COUNTERS")]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
+
+// Globals written by the loader before load (`EbpfLoader::override_global`).
+#[unsafe(no_mangle)]
+static SELF_TGID: u32 = 0;
+#[unsafe(no_mangle)]
+static FLOOR_ONLY: u32 = 0;
+#[unsafe(no_mangle)]
+static TARGET_TGID: u32 = 0;
+/// Pending bytes in the ring above which a submit wakes the reader.
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: u64 = 1 << 20;
+
+/// A uretprobe's stack pointer is its entry's plus the popped return address.
+const RET_SP_DELTA: u64 = 8;
+/// How far below an operator new's entry its malloc may return.
+const CXX_CTX_WINDOW: u64 = 4096;
+
+#[inline(always)]
+fn global_u32(g: &'static u32) -> u32 {
+    // SAFETY: reading a global the loader initialised; volatile so the
+    // compiler cannot fold the compile-time zero.
+    unsafe { core::ptr::read_volatile(g) }
+}
+
+#[inline(always)]
+fn global_u64(g: &'static u64) -> u64 {
+    // SAFETY: as in `global_u32`.
+    unsafe { core::ptr::read_volatile(g) }
+}
+
+#[inline(always)]
+fn bump(c: Counter) {
+    if let Some(p) = COUNTERS.get_ptr_mut(c as u32) {
+        // SAFETY: per-CPU slot; no other writer runs on this CPU meanwhile.
+        unsafe { *p += 1 };
+    }
+}
+
+/// (tgid, tid) of the current task, or None for memtrace itself and when
+/// the floor-only configuration is on.
+#[inline(always)]
+fn current() -> Option<(u32, u32)> {
+    if global_u32(&FLOOR_ONLY) != 0 {
+        return None;
+    }
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    if tgid == global_u32(&SELF_TGID) {
+        return None;
+    }
+    Some((tgid, id as u32))
+}
+
+#[inline(always)]
+fn emit(ev: &Event) {
+    match EVENTS.reserve::<Event>(0) {
+        Some(mut slot) => {
+            slot.write(*ev);
+            let flags = if EVENTS.query(BPF_RB_AVAIL_DATA.into()) > global_u64(&WAKEUP_BYTES) {
+                BPF_RB_FORCE_WAKEUP
+            } else {
+                BPF_RB_NO_WAKEUP
+            };
+            slot.submit(flags.into());
+            bump(Counter::Submitted);
+        }
+        None => bump(Counter::RingFull),
+    }
+}
+
+#[inline(always)]
+fn regs_sp(regs: *const aya_ebpf::bindings::pt_regs) -> u64 {
+    // SAFETY: `regs` is the context pointer the kernel passed to the program.
+    unsafe { (*regs).rsp }
+}
+
+/// Whether an allocator call is already in progress on this thread (this
+/// call is then nested inside it and belongs to it).
+#[inline(always)]
+fn nested(tid: u32, sp: u64) -> bool {
+    // SAFETY: the value is copied out immediately; a concurrent delete only
+    // makes it stale, which the stack-pointer comparison tolerates.
+    match unsafe { INFLIGHT.get(&tid) } {
+        Some(outer) => outer.sp > sp,
+        None => false,
+    }
+}
+
+/// Record an allocator call's entry, unless it is nested in another one.
+#[inline(always)]
+fn enter(ctx: &ProbeContext, f: u16, size: u64, arg0: u64, arg1: u64) -> u32 {
+    let Some((_tgid, tid)) = current() else {
+        return 0;
+    };
+    let sp = regs_sp(ctx.regs);
+    if nested(tid, sp) {
+        return 0;
+    }
+    let rec = Inflight {
+        func: f,
+        _pad: [0; 3],
+        sp,
+        size,
+        arg0,
+        arg1,
+    };
+    if INFLIGHT.insert(&tid, &rec, 0).is_err() {
+        bump(Counter::InflightFull);
+    }
+    0
+}
+
+#[inline(always)]
+fn arg(ctx: &ProbeContext, n: usize) -> u64 {
+    ctx.arg::<u64>(n).unwrap_or(0)
+}
+
+#[uprobe]
+pub fn malloc_enter(ctx: ProbeContext) -> u32 {
+    enter(&ctx, func::MALLOC, arg(&ctx, 0), 0, 0)
+}
+
+#[uprobe]
+pub fn calloc_enter(ctx: ProbeContext) -> u32 {
+    let (n, m) = (arg(&ctx, 0), arg(&ctx, 1));
+    // BPF has no 128-bit multiply for an overflow check, and needs none: an
+    // overflowing calloc fails, and failed calls emit nothing.
+    let size = n.wrapping_mul(m);
+    enter(&ctx, func::CALLOC, size, 0, 0)
+}
+
+#[uprobe]
+pub fn realloc_enter(ctx: ProbeContext) -> u32 {
+    enter(&ctx, func::REALLOC, arg(&ctx, 1), arg(&ctx, 0), 0)
+}
+
+#[uprobe]
+pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
+    enter(&ctx, func::POSIX_MEMALIGN, arg(&ctx, 2), arg(&ctx, 0), 0)
+}
+
+/// memalign(align, size) and aligned_alloc(align, size) (often one symbol).
+#[uprobe]
+pub fn memalign_enter(ctx: ProbeContext) -> u32 {
+    enter(&ctx, func::MEMALIGN, arg(&ctx, 1), 0, 0)
+}
+
+#[uprobe]
+pub fn valloc_enter(ctx: ProbeContext) -> u32 {
+    enter(&ctx, func::VALLOC, arg(&ctx, 0), 0, 0)
+}
+
+#[uprobe]
+pub fn pvalloc_enter(ctx: ProbeContext) -> u32 {
+    enter(&ctx, func::PVALLOC, arg(&ctx, 0), 0, 0)
+}
+
+/// mmap(addr, len, prot, flags, fd, off): `arg0` keeps the flags.
+#[uprobe]
+pub fn mmap_enter(ctx: ProbeContext) -> u32 {
+    enter(&ctx, func::MMAP, arg(&ctx, 1), arg(&ctx, 3), 0)
+}
+
+/// mremap(old, old_len, new_len, flags, ...).
+#[uprobe]
+pub fn mremap_enter(ctx: ProbeContext) -> u32 {
+    enter(&ctx, func::MREMAP, arg(&ctx, 2), arg(&ctx, 0), arg(&ctx, 1))
+}
+
+/// An event for this thread, without stack.
+#[inline(always)]
+fn event(k: u16, f: u16, tgid: u32, tid: u32) -> Event {
+    Event {
+        kind: k,
+        func: f,
+        tgid,
+        tid,
+        stack_id: -1,
+        // SAFETY: helper without preconditions.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        ..Event::default()
+    }
+}
+
+/// Entry-only probe on a release function: free(p) and munmap(p, len).
+#[inline(always)]
+fn release(ctx: &ProbeContext, k: u16, f: u16) -> u32 {
+    let Some((tgid, tid)) = current() else {
+        return 0;
+    };
+    let addr = arg(ctx, 0);
+    if addr == 0 || nested(tid, regs_sp(ctx.regs)) {
+        return 0;
+    }
+    let mut ev = event(k, f, tgid, tid);
+    ev.addr = addr;
+    ev.size = arg(ctx, 1);
+    emit(&ev);
+    0
+}
+
+#[uprobe]
+pub fn free_enter(ctx: ProbeContext) -> u32 {
+    release(&ctx, kind::FREE, func::FREE)
+}
+
+#[uprobe]
+pub fn munmap_enter(ctx: ProbeContext) -> u32 {
+    release(&ctx, kind::MUNMAP, func::MUNMAP)
+}
+
+/// C++ operator new: remember its caller and stack for the malloc it makes,
+/// unless an outer operator new on this thread already did.
+#[uprobe]
+pub fn cxx_new_enter(ctx: ProbeContext) -> u32 {
+    let Some((_tgid, tid)) = current() else {
+        return 0;
+    };
+    let sp = regs_sp(ctx.regs);
+    // SAFETY: copied out at once, as in `nested`.
+    if let Some(outer) = unsafe { CXX_CTX.get(&tid) }
+        && outer.sp > sp
+        && outer.sp - sp < CXX_CTX_WINDOW
+    {
+        return 0;
+    }
+    // SAFETY: reads user memory at the stack pointer; a fault returns Err.
+    let caller = unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0);
+    let stack_id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK.into()) {
+        Ok(id) => id,
+        Err(e) => e as i64,
+    };
+    let rec = CxxCtx {
+        sp,
+        caller,
+        stack_id,
+    };
+    if CXX_CTX.insert(&tid, &rec, 0).is_err() {
+        bump(Counter::InflightFull);
+    }
+    0
+}
+
+/// Stack id and caller for an allocation returning at `sp`.
+#[inline(always)]
+fn stack_for(ctx: &RetProbeContext, tid: u32, sp: u64) -> (i32, u64, u16) {
+    // SAFETY: copied out at once, as in `nested`.
+    if let Some(c) = unsafe { CXX_CTX.get(&tid) } {
+        let c = *c;
+        let _ = CXX_CTX.remove(&tid);
+        if c.sp > sp && c.sp - sp < CXX_CTX_WINDOW {
+            if c.stack_id < 0 {
+                bump(Counter::StackFail);
+            }
+            return (c.stack_id as i32, c.caller, flags::HAS_CALLER);
+        }
+    }
+    match ctx.get_stackid(&STACKS, BPF_F_USER_STACK.into()) {
+        Ok(id) => (id as i32, 0, 0),
+        Err(e) => {
+            bump(Counter::StackFail);
+            (e, 0, 0)
+        }
+    }
+}
+
+/// Linux returns -4095..-1 from failed mmap/mremap system calls.
+#[inline(always)]
+fn is_err_ptr(v: u64) -> bool {
+    v > u64::MAX - 4095
+}
+
+/// The one return probe of every allocator function.
+#[uretprobe]
+pub fn alloc_ret(ctx: RetProbeContext) -> u32 {
+    let Some((tgid, tid)) = current() else {
+        return 0;
+    };
+    let sp = regs_sp(ctx.regs);
+    // SAFETY: copied out at once, as in `nested`.
+    let rec = match unsafe { INFLIGHT.get(&tid) } {
+        Some(r) => *r,
+        None => {
+            bump(Counter::ReturnWithoutEntry);
+            return 0;
+        }
+    };
+    if rec.sp.wrapping_add(RET_SP_DELTA) != sp {
+        // The return of a call nested inside the recorded one.
+        return 0;
+    }
+    let _ = INFLIGHT.remove(&tid);
+    let ret: u64 = ctx.ret();
+
+    let mut ev = event(kind::ALLOC, rec.func, tgid, tid);
+    ev.size = rec.size;
+    match rec.func {
+        func::POSIX_MEMALIGN => {
+            if ret as u32 != 0 {
+                return 0;
+            }
+            // SAFETY: reads the user's `*memptr`; a fault returns Err.
+            match unsafe { bpf_probe_read_user(rec.arg0 as *const u64) } {
+                Ok(p) => ev.addr = p,
+                Err(_) => {
+                    bump(Counter::ReadFail);
+                    return 0;
+                }
+            }
+        }
+        func::REALLOC => {
+            if ret == 0 {
+                // glibc: realloc(p, 0) frees p and returns NULL; any other
+                // NULL is a failure that leaves p allocated.
+                if rec.size == 0 && rec.arg0 != 0 {
+                    ev.kind = kind::FREE;
+                    ev.addr = rec.arg0;
+                    emit(&ev);
+                }
+                return 0;
+            }
+            ev.addr = ret;
+            if rec.arg0 != 0 {
+                ev.kind = kind::REALLOC;
+                ev.old_addr = rec.arg0;
+            }
+        }
+        func::MMAP => {
+            if is_err_ptr(ret) {
+                return 0;
+            }
+            ev.kind = kind::MMAP;
+            ev.addr = ret;
+            ev.aux = rec.arg0;
+        }
+        func::MREMAP => {
+            if is_err_ptr(ret) {
+                return 0;
+            }
+            ev.kind = kind::MREMAP;
+            ev.addr = ret;
+            ev.old_addr = rec.arg0;
+            ev.aux = rec.arg1;
+        }
+        _ => {
+            if ret == 0 {
+                return 0;
+            }
+            ev.addr = ret;
+        }
+    }
+    let (stack_id, caller, fl) = stack_for(&ctx, tid, sp);
+    ev.stack_id = stack_id;
+    ev.caller = caller;
+    ev.flags = fl;
+    emit(&ev);
+    0
+}
+
+/// A process replaced its image: its old allocations are gone.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn sched_exec(_ctx: RawTracePointContext) -> u32 {
+    process_event(kind::EXEC, false)
+}
+
+/// A thread exited; the leader's exit ends the process's table.
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn sched_exit(_ctx: RawTracePointContext) -> u32 {
+    process_event(kind::EXIT, true)
+}
+
+#[inline(always)]
+fn process_event(k: u16, leader_only: bool) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((id >> 32) as u32, id as u32);
+    if leader_only && tgid != tid {
+        return 0;
+    }
+    let target = global_u32(&TARGET_TGID);
+    if (target != 0 && target != tgid) || tgid == global_u32(&SELF_TGID) {
+        return 0;
+    }
+    emit(&event(k, func::NONE, tgid, tid));
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
