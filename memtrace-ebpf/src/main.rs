@@ -25,9 +25,7 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
     programs::{ProbeContext, RawTracePointContext, RetProbeContext, tracing::StackIdContext},
 };
-use memtrace_common::{
-    COUNTER_COUNT, Counter, CxxCtx, Event, Inflight, flags, func, kind,
-};
+use memtrace_common::{COUNTER_COUNT, Counter, CxxCtx, Event, Inflight, flags, func, kind};
 
 /// Ring buffer of [`Event`]s. Size overridden by userspace at load.
 #[map(name = "EVENTS")]

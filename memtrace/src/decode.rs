@@ -261,9 +261,8 @@ mod tests {
         let w = wire(kind::ALLOC, func::MALLOC);
         let bytes = encode(&w);
         // SAFETY: Event is repr(C) plain data of EVENT_SIZE bytes.
-        let raw = unsafe {
-            std::slice::from_raw_parts((&w as *const Wire).cast::<u8>(), EVENT_SIZE)
-        };
+        let raw =
+            unsafe { std::slice::from_raw_parts((&w as *const Wire).cast::<u8>(), EVENT_SIZE) };
         assert_eq!(bytes, raw);
     }
 
@@ -273,11 +272,18 @@ mod tests {
         assert_eq!(
             ev,
             Event::Alloc {
-                meta: Meta { pid: 10, tid: 11, ts_ns: 99 },
+                meta: Meta {
+                    pid: 10,
+                    tid: 11,
+                    ts_ns: 99
+                },
                 func: AllocFn::Calloc,
                 addr: 0x1000,
                 size: 64,
-                stack: StackRef { id: 3, caller: None },
+                stack: StackRef {
+                    id: 3,
+                    caller: None
+                },
             }
         );
     }
@@ -286,10 +292,14 @@ mod tests {
     fn caller_only_with_flag() {
         let mut w = wire(kind::ALLOC, func::MALLOC);
         w.caller = 0x4242;
-        let Event::Alloc { stack, .. } = decode(&encode(&w)).unwrap() else { panic!() };
+        let Event::Alloc { stack, .. } = decode(&encode(&w)).unwrap() else {
+            panic!()
+        };
         assert_eq!(stack.caller, None);
         w.flags = flags::HAS_CALLER;
-        let Event::Alloc { stack, .. } = decode(&encode(&w)).unwrap() else { panic!() };
+        let Event::Alloc { stack, .. } = decode(&encode(&w)).unwrap() else {
+            panic!()
+        };
         assert_eq!(stack.caller, Some(0x4242));
     }
 

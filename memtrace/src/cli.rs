@@ -1,0 +1,185 @@
+//! Command-line interface.
+
+use std::{ffi::OsString, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::report::Format;
+
+/// System-wide memory-allocation tracer: live leak dashboard of every
+/// process, and leak reports of one.
+///
+/// With no subcommand, shows the live dashboard of every process on the
+/// host that allocates through the host's C library, ranked by leak
+/// evidence. Needs root (or CAP_BPF and CAP_PERFMON).
+#[derive(Debug, Parser)]
+#[command(name = "memtrace", version, about, long_about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub dashboard: DashboardArgs,
+
+    #[command(flatten)]
+    pub tuning: Tuning,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Trace one process and write a leak report of what it still holds.
+    ///
+    /// Either attach to a running process (--pid), or run a command traced
+    /// from its first allocation: `memtrace report -- CMD ARGS...`.
+    Report(ReportArgs),
+    /// Show where the probes go in a C library (the offsets chosen so that
+    /// the kernel emulates the probed instruction instead of single-stepping
+    /// it). Needs no privileges.
+    Probes {
+        /// The library to inspect (default: the host's libc.so.6).
+        #[arg(long)]
+        lib: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Attach to this running process (its probes fire for it alone).
+    #[arg(short, long, value_name = "PID", value_parser = parse_pid, conflicts_with = "command")]
+    pub pid: Option<u32>,
+
+    /// With --pid: stop collecting after this long (e.g. 30s, 500ms, 2m).
+    /// Collection also stops at SIGINT/SIGTERM/SIGHUP or when the process
+    /// exits.
+    #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+
+    /// Write the report to FILE (atomically, mode 0600) instead of stdout.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// The command to run traced, after `--`.
+    #[arg(last = true, value_name = "CMD", num_args = 1..)]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct DashboardArgs {
+    /// Trace only this process (repeatable); default: every process.
+    #[arg(short, long = "pid", value_name = "PID", value_parser = parse_pid, global = false)]
+    pub pids: Vec<u32>,
+
+    /// Refresh interval of the dashboard (e.g. 1s, 500ms).
+    #[arg(short = 'd', long = "delay", value_name = "DURATION", value_parser = parse_duration, default_value = "1s")]
+    pub delay: Duration,
+}
+
+/// Knobs for benchmarks and debugging.
+#[derive(Debug, Args, Clone)]
+pub struct Tuning {
+    /// Probe programs return at once (the overhead floor of `cargo xtask
+    /// bench`): nothing is traced.
+    #[arg(long, hide = true, global = true)]
+    pub floor: bool,
+
+    /// Ring buffer size in bytes (a power of two, multiple of the page size).
+    #[arg(long, hide = true, global = true, default_value_t = 16 << 20)]
+    pub ring_bytes: u32,
+
+    /// Entries of the kernel's stack map.
+    #[arg(long, hide = true, global = true, default_value_t = 32768)]
+    pub stack_entries: u32,
+}
+
+pub fn parse_pid(s: &str) -> Result<u32, String> {
+    let v: i64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a process id"))?;
+    if v <= 0 {
+        return Err(format!("'{s}' is not a process id (must be positive)"));
+    }
+    // Linux PIDs are at most 2^22.
+    if v > 4_194_304 {
+        return Err(format!("'{s}' is larger than any Linux process id"));
+    }
+    Ok(v as u32)
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (try 30s, 500ms, 2m)"))?;
+    let secs = match unit {
+        "" | "s" => v,
+        "ms" => v / 1000.0,
+        "m" | "min" => v * 60.0,
+        "h" => v * 3600.0,
+        _ => return Err(format!("'{s}': unknown unit '{unit}' (use ms, s, m or h)")),
+    };
+    if !secs.is_finite() || secs <= 0.0 {
+        return Err(format!("'{s}' must be a positive duration"));
+    }
+    if secs > 365.0 * 86400.0 {
+        return Err(format!("'{s}' is too long"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        for bad in ["0", "0s", "-1s", "abc", "10x", "", "1e9h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn pids() {
+        assert_eq!(parse_pid("1"), Ok(1));
+        for bad in ["0", "-5", "x", "99999999999", "4194305"] {
+            assert!(parse_pid(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn command_keeps_its_flags() {
+        let c = Cli::try_parse_from([
+            "memtrace", "report", "--format", "json", "--", "./prog", "--flag", "-x",
+        ])
+        .unwrap();
+        let Some(Command::Report(r)) = c.command else {
+            panic!()
+        };
+        assert_eq!(r.command, ["./prog", "--flag", "-x"]);
+        assert_eq!(r.format, Format::Json);
+    }
+
+    #[test]
+    fn pid_and_command_conflict() {
+        assert!(Cli::try_parse_from(["memtrace", "report", "--pid", "1", "--", "ls"]).is_err());
+    }
+}

@@ -1,0 +1,136 @@
+//! The live data path: ring buffer → decode → tracker, plus the kernel-side
+//! maps the userspace reads (stacks, loss counters).
+
+use std::collections::HashMap;
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::{
+    Ebpf,
+    maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
+};
+use memtrace_common::{Counter, MAP_COUNTERS, MAP_EVENTS, MAP_STACKS};
+
+use crate::{
+    decode::{self, Event},
+    stacks::{StackSource, Stacks},
+    tracker::Tracker,
+};
+
+/// Counters kept by the eBPF programs, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    pub ring_full: u64,
+    pub inflight_full: u64,
+    pub stack_fail: u64,
+    pub return_without_entry: u64,
+    pub submitted: u64,
+    pub read_fail: u64,
+}
+
+impl KernelCounters {
+    /// Events lost on the way to userspace.
+    pub fn lost(&self) -> u64 {
+        self.ring_full + self.inflight_full + self.read_fail
+    }
+}
+
+struct KernelStacks(StackTraceMap<MapData>);
+
+impl StackSource for KernelStacks {
+    fn stack(&self, id: u32) -> Option<Vec<u64>> {
+        let st = self.0.get(&id, 0).ok()?;
+        Some(st.frames().iter().map(|f| f.ip).collect())
+    }
+}
+
+pub struct Collector {
+    ring: RingBuf<MapData>,
+    stack_map: KernelStacks,
+    counters: PerCpuArray<MapData, u64>,
+    pub tracker: Tracker,
+    pub stacks: Stacks,
+    /// Per (pid, generation): how many of its stacks are normalized.
+    normalized: HashMap<(u32, u32), usize>,
+}
+
+fn take<T: TryFrom<aya::maps::Map>>(ebpf: &mut Ebpf, name: &str) -> Result<T>
+where
+    T::Error: std::error::Error + Send + Sync + 'static,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| anyhow!("eBPF map {name} missing"))?;
+    T::try_from(map).with_context(|| format!("eBPF map {name} has an unexpected type"))
+}
+
+impl Collector {
+    pub fn new(ebpf: &mut Ebpf, tracker: Tracker) -> Result<Self> {
+        Ok(Self {
+            ring: take(ebpf, MAP_EVENTS)?,
+            stack_map: KernelStacks(take(ebpf, MAP_STACKS)?),
+            counters: take(ebpf, MAP_COUNTERS)?,
+            tracker,
+            stacks: Stacks::default(),
+            normalized: HashMap::new(),
+        })
+    }
+
+    /// Consume every record in the ring. Returns how many were read.
+    pub fn drain(&mut self) -> usize {
+        let mut n = 0;
+        while let Some(item) = self.ring.next() {
+            n += 1;
+            match decode::decode(&item) {
+                Ok(ev) => {
+                    if let Event::Exec { meta } = ev {
+                        self.stacks.forget_process(meta.pid);
+                    }
+                    self.tracker.on_event(&ev);
+                }
+                Err(_) => self.tracker.on_decode_error(),
+            }
+        }
+        n
+    }
+
+    /// Read the frames of stacks first seen since the last call and
+    /// normalize them against their (live) processes' maps.
+    pub fn resolve_new_stacks(&mut self) {
+        let Self {
+            tracker,
+            stacks,
+            normalized,
+            stack_map,
+            ..
+        } = self;
+        for p in tracker.live() {
+            let done = normalized.entry((p.pid, p.generation)).or_insert(0);
+            if *done >= p.stacks.len() {
+                continue;
+            }
+            let new = &p.stacks[*done..];
+            for s in new {
+                stacks.fetch(stack_map, s.stack.id);
+            }
+            stacks.normalize(p.pid, new.iter().map(|s| s.stack));
+            *done = p.stacks.len();
+        }
+    }
+
+    pub fn kernel_counters(&self) -> KernelCounters {
+        let get = |c: Counter| -> u64 {
+            self.counters
+                .get(&(c as u32), 0)
+                .map(|v| v.iter().sum())
+                .unwrap_or(0)
+        };
+        KernelCounters {
+            ring_full: get(Counter::RingFull),
+            inflight_full: get(Counter::InflightFull),
+            stack_fail: get(Counter::StackFail),
+            return_without_entry: get(Counter::ReturnWithoutEntry),
+            submitted: get(Counter::Submitted),
+            read_fail: get(Counter::ReadFail),
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! `/proc/PID/maps` snapshots, and address normalization against them:
+//! a virtual address becomes (file, file offset), which stays valid after
+//! the process has exited.
+
+use std::{path::Path, sync::Arc};
+
+/// A file-backed executable mapping.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    pub start: u64,
+    pub end: u64,
+    pub offset: u64,
+    pub path: Arc<str>,
+}
+
+/// A normalized address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FileAddr {
+    pub path: Arc<str>,
+    pub file_offset: u64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    maps: Vec<Mapping>,
+}
+
+impl Snapshot {
+    pub fn read(pid: u32) -> std::io::Result<Self> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
+        Ok(Self::parse(&text))
+    }
+
+    /// Parse the text of a maps file; lines that are not executable file
+    /// mappings are skipped.
+    pub fn parse(text: &str) -> Self {
+        let mut maps: Vec<Mapping> = text.lines().filter_map(parse_line).collect();
+        maps.sort_by_key(|m| m.start);
+        Self { maps }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.maps.is_empty()
+    }
+
+    pub fn lookup(&self, addr: u64) -> Option<FileAddr> {
+        let i = self.maps.partition_point(|m| m.start <= addr);
+        let m = self.maps.get(i.checked_sub(1)?)?;
+        (addr < m.end).then(|| FileAddr {
+            path: m.path.clone(),
+            file_offset: addr - m.start + m.offset,
+        })
+    }
+
+    /// The main executable: the first mapping at file offset 0 that is not
+    /// a shared library (best effort: the lowest-addressed file mapping).
+    pub fn paths(&self) -> impl Iterator<Item = &str> {
+        self.maps.iter().map(|m| &*m.path)
+    }
+}
+
+fn parse_line(line: &str) -> Option<Mapping> {
+    let mut it = line.split_ascii_whitespace();
+    let range = it.next()?;
+    let perms = it.next()?;
+    let offset = u64::from_str_radix(it.next()?, 16).ok()?;
+    let _dev = it.next()?;
+    let inode = it.next()?;
+    // The path may contain spaces: take the rest of the line after the
+    // inode column.
+    let path = line
+        .splitn(6, |c: char| c.is_ascii_whitespace())
+        .nth(5)
+        .map(str::trim)?;
+    if !perms.contains('x') || inode == "0" || !path.starts_with('/') {
+        return None;
+    }
+    let (s, e) = range.split_once('-')?;
+    let path = path.strip_suffix(" (deleted)").unwrap_or(path);
+    Some(Mapping {
+        start: u64::from_str_radix(s, 16).ok()?,
+        end: u64::from_str_radix(e, 16).ok()?,
+        offset,
+        path: Arc::from(path),
+    })
+}
+
+/// The executable behind `/proc/PID/exe`, if readable.
+pub fn exe(pid: u32) -> Option<String> {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
+}
+
+/// The command name (`/proc/PID/comm`), if readable.
+pub fn comm(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|s| s.trim_end().to_string())
+}
+
+pub fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAPS: &str = "\
+55d0c0a00000-55d0c0a01000 r--p 00000000 fe:01 123 /usr/bin/leaky
+55d0c0a01000-55d0c0a02000 r-xp 00001000 fe:01 123 /usr/bin/leaky
+7f0000000000-7f0000100000 rw-p 00000000 00:00 0 
+7f1000026000-7f100017b000 r-xp 00026000 fe:01 456 /usr/lib/x86_64-linux-gnu/libc.so.6
+7f2000000000-7f2000001000 r-xp 00000000 fe:01 789 /tmp/with space/lib.so (deleted)
+7ffd00000000-7ffd00001000 r-xp 00000000 00:00 0 [vdso]
+";
+
+    #[test]
+    fn parses_executable_file_mappings_only() {
+        let s = Snapshot::parse(MAPS);
+        let paths: Vec<_> = s.paths().collect();
+        assert_eq!(
+            paths,
+            [
+                "/usr/bin/leaky",
+                "/usr/lib/x86_64-linux-gnu/libc.so.6",
+                "/tmp/with space/lib.so"
+            ]
+        );
+    }
+
+    #[test]
+    fn lookup_gives_file_offsets() {
+        let s = Snapshot::parse(MAPS);
+        let a = s.lookup(0x55d0c0a01234).unwrap();
+        assert_eq!((&*a.path, a.file_offset), ("/usr/bin/leaky", 0x1234));
+        let b = s.lookup(0x7f1000026010).unwrap();
+        assert_eq!(b.file_offset, 0x26010);
+        assert_eq!(s.lookup(0x7f0000000010), None);
+        assert_eq!(s.lookup(0x55d0c0a02000), None);
+        assert_eq!(s.lookup(0), None);
+        assert_eq!(
+            &*s.lookup(0x7f2000000001).unwrap().path,
+            "/tmp/with space/lib.so"
+        );
+    }
+}

@@ -1,0 +1,229 @@
+//! The leak report of one process: built from the tracker's state, the
+//! normalized stacks and their symbols; rendered as text, JSON or folded
+//! stacks.
+
+mod folded;
+mod text;
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use crate::{
+    stacks::Stacks,
+    symbolize::{Symbols, is_allocator_frame},
+    tracker::{Kind, Process},
+};
+
+pub use folded::render as render_folded;
+pub use text::render as render_text;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+    Folded,
+}
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub schema_version: u32,
+    pub pid: u32,
+    pub comm: String,
+    pub exe: String,
+    pub exited: bool,
+    pub duration_ms: u64,
+    pub summary: Summary,
+    pub stacks: Vec<StackReport>,
+    /// Things the user should know about this report (attach notes, files
+    /// that could not be symbolized, ...).
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Summary {
+    pub outstanding_bytes: u64,
+    pub outstanding_allocations: u64,
+    pub allocated_bytes: u64,
+    pub allocations: u64,
+    pub frees: u64,
+    pub untracked_frees: u64,
+    pub lost_events: u64,
+    /// Allocations whose user stack could not be captured.
+    pub stack_failures: u64,
+    /// Allocations at addresses still held (their free was not seen).
+    pub missed_frees: u64,
+}
+
+/// Losses counted outside the process's own table.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Losses {
+    pub lost_events: u64,
+    pub stack_failures: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StackReport {
+    pub kind: &'static str,
+    pub outstanding_bytes: u64,
+    pub outstanding_allocations: u64,
+    pub oldest_age_ms: u64,
+    pub frames: Vec<Frame>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Frame {
+    pub ip: String,
+    pub function: Option<String>,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    pub module: Option<String>,
+}
+
+impl Frame {
+    /// The name to show: function, else module+offset, else address.
+    pub fn label(&self) -> String {
+        match (&self.function, &self.module) {
+            (Some(f), _) => f.clone(),
+            (None, Some(m)) => format!("{}+{}", short_module(m), self.ip),
+            (None, None) => self.ip.clone(),
+        }
+    }
+}
+
+pub fn short_module(m: &str) -> &str {
+    m.rsplit('/').next().unwrap_or(m)
+}
+
+/// Everything about the traced process that is not in the tracker.
+pub struct Meta {
+    pub pid: u32,
+    pub comm: String,
+    pub exe: String,
+    pub exited: bool,
+    pub duration_ms: u64,
+    /// Monotonic time (ns) at which ages are measured.
+    pub now_ns: u64,
+    pub notes: Vec<String>,
+}
+
+/// Build the report of `p`. Stacks that symbolize to the same frames are
+/// merged; allocator frames are dropped; stacks are ordered by outstanding
+/// bytes, largest first.
+pub fn build(
+    p: &Process,
+    stacks: &Stacks,
+    symbols: &mut Symbols,
+    meta: Meta,
+    losses: Losses,
+) -> Report {
+    let oldest = p.oldest_per_stack();
+    let held: Vec<usize> = (0..p.stacks.len())
+        .filter(|&i| p.stacks[i].outstanding_allocations > 0)
+        .collect();
+
+    let raw: Vec<Vec<u64>> = held
+        .iter()
+        .map(|&i| stacks.frames(p.stacks[i].stack))
+        .collect();
+    symbols.resolve(
+        raw.iter()
+            .flatten()
+            .filter_map(|&ip| stacks.file_addr(p.pid, ip)),
+    );
+
+    let mut merged: HashMap<(Kind, Vec<u64>), StackReport> = HashMap::new();
+    for (&i, ips) in held.iter().zip(&raw) {
+        let agg = &p.stacks[i];
+        let mut frames: Vec<(u64, Frame)> = ips
+            .iter()
+            .map(|&ip| (ip, frame(p.pid, ip, stacks, symbols)))
+            .collect();
+        let skip = frames
+            .iter()
+            .take_while(|(_, f)| f.function.as_deref().is_some_and(is_allocator_frame))
+            .count();
+        // Keep at least one frame, even if all are allocator's.
+        frames.drain(..skip.min(frames.len().saturating_sub(1)));
+        let age_ms = oldest[i].map_or(0, |t| meta.now_ns.saturating_sub(t) / 1_000_000);
+        let key = (agg.kind, frames.iter().map(|(ip, _)| *ip).collect());
+        let e = merged.entry(key).or_insert_with(|| StackReport {
+            kind: agg.kind.as_str(),
+            outstanding_bytes: 0,
+            outstanding_allocations: 0,
+            oldest_age_ms: 0,
+            frames: frames.into_iter().map(|(_, f)| f).collect(),
+        });
+        e.outstanding_bytes += agg.outstanding_bytes;
+        e.outstanding_allocations += agg.outstanding_allocations;
+        e.oldest_age_ms = e.oldest_age_ms.max(age_ms);
+    }
+    let mut out: Vec<StackReport> = merged.into_values().collect();
+    out.sort_by(|a, b| {
+        b.outstanding_bytes
+            .cmp(&a.outstanding_bytes)
+            .then(b.outstanding_allocations.cmp(&a.outstanding_allocations))
+            .then_with(|| {
+                a.frames
+                    .first()
+                    .map(Frame::label)
+                    .cmp(&b.frames.first().map(Frame::label))
+            })
+    });
+
+    let mut notes = meta.notes;
+    let mut failed: Vec<_> = symbols.failed_files.iter().collect();
+    failed.sort();
+    for (path, why) in failed {
+        notes.push(format!("could not symbolize {path}: {why}"));
+    }
+    let c = &p.counters;
+    Report {
+        schema_version: SCHEMA_VERSION,
+        pid: meta.pid,
+        comm: meta.comm,
+        exe: meta.exe,
+        exited: meta.exited,
+        duration_ms: meta.duration_ms,
+        summary: Summary {
+            outstanding_bytes: p.outstanding_bytes,
+            outstanding_allocations: p.outstanding_allocations,
+            allocated_bytes: c.allocated_bytes,
+            allocations: c.allocations,
+            frees: c.frees,
+            untracked_frees: c.untracked_frees,
+            lost_events: losses.lost_events,
+            stack_failures: losses.stack_failures,
+            missed_frees: c.missed_frees,
+        },
+        stacks: out,
+        notes,
+    }
+}
+
+fn frame(pid: u32, ip: u64, stacks: &Stacks, symbols: &Symbols) -> Frame {
+    let fa = stacks.file_addr(pid, ip);
+    let sym = fa.and_then(|a| symbols.get(a)).cloned().unwrap_or_default();
+    Frame {
+        ip: format!("{ip:#x}"),
+        function: sym.function,
+        file: sym.file,
+        line: sym.line,
+        module: fa.map(|a| a.path.to_string()),
+    }
+}
+
+/// Render `r` in `format`.
+pub fn render(r: &Report, format: Format) -> anyhow::Result<String> {
+    Ok(match format {
+        Format::Text => render_text(r),
+        Format::Json => {
+            let mut s = serde_json::to_string_pretty(r)?;
+            s.push('\n');
+            s
+        }
+        Format::Folded => render_folded(r),
+    })
+}

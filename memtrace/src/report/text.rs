@@ -1,0 +1,123 @@
+//! The human report: summary first, then the stacks holding the most.
+
+use std::fmt::Write as _;
+
+use super::{Report, short_module};
+
+/// `1234567` → `1,234,567`.
+pub fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Bytes in a short human unit (KiB, MiB, ...).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: &[&str] = &["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+pub fn human_ms(ms: u64) -> String {
+    match ms {
+        0..1_000 => format!("{ms} ms"),
+        1_000..120_000 => format!("{:.1} s", ms as f64 / 1000.0),
+        120_000..7_200_000 => format!("{:.1} min", ms as f64 / 60_000.0),
+        _ => format!("{:.1} h", ms as f64 / 3_600_000.0),
+    }
+}
+
+pub fn render(r: &Report) -> String {
+    let mut o = String::new();
+    let s = &r.summary;
+    let state = if r.exited { "exited" } else { "running" };
+    let _ = writeln!(
+        o,
+        "memtrace report: pid {} ({}) {}, {state}, traced {}",
+        r.pid,
+        r.comm,
+        r.exe,
+        human_ms(r.duration_ms)
+    );
+    let _ = writeln!(
+        o,
+        "outstanding: {} bytes ({}) in {} allocations",
+        thousands(s.outstanding_bytes),
+        human_bytes(s.outstanding_bytes),
+        thousands(s.outstanding_allocations)
+    );
+    let _ = writeln!(
+        o,
+        "traced: {} allocations ({} bytes), {} frees; untracked frees {}, lost events {}, \
+         stack failures {}, missed frees {}",
+        thousands(s.allocations),
+        thousands(s.allocated_bytes),
+        thousands(s.frees),
+        thousands(s.untracked_frees),
+        thousands(s.lost_events),
+        thousands(s.stack_failures),
+        thousands(s.missed_frees)
+    );
+    for n in &r.notes {
+        let _ = writeln!(o, "note: {n}");
+    }
+    if r.stacks.is_empty() {
+        let _ = writeln!(o, "\nnothing outstanding");
+    }
+    for (i, st) in r.stacks.iter().enumerate() {
+        let _ = writeln!(
+            o,
+            "\n#{:<3} {} {} bytes in {} allocations, oldest {}",
+            i + 1,
+            st.kind,
+            thousands(st.outstanding_bytes),
+            thousands(st.outstanding_allocations),
+            human_ms(st.oldest_age_ms)
+        );
+        for f in &st.frames {
+            let loc = match (&f.file, f.line) {
+                (Some(file), Some(line)) => format!(" at {file}:{line}"),
+                (Some(file), None) => format!(" at {file}"),
+                _ => String::new(),
+            };
+            let module = f
+                .module
+                .as_deref()
+                .map(|m| format!(" [{}]", short_module(m)))
+                .unwrap_or_default();
+            let _ = writeln!(o, "    {}{loc}{module}", f.label());
+        }
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_numbers() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(1234567), "1,234,567");
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(409600), "400.0 KiB");
+        assert_eq!(human_ms(2300), "2.3 s");
+    }
+}

@@ -1,0 +1,219 @@
+//! Stack frames of allocations: kernel stack ids to return addresses, and
+//! those to normalized file addresses while the process is still alive.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
+
+use crate::{
+    decode::StackRef,
+    procmaps::{FileAddr, Snapshot},
+};
+
+/// Source of raw stacks by id (the kernel's stack trace map in production).
+pub trait StackSource {
+    fn stack(&self, id: u32) -> Option<Vec<u64>>;
+}
+
+#[derive(Default)]
+pub struct Stacks {
+    ips: HashMap<i32, Arc<[u64]>>,
+    snapshots: HashMap<u32, Snapshot>,
+    /// (pid, return address) → file address of the call instruction.
+    norm: HashMap<(u32, u64), Option<FileAddr>>,
+    /// Stack ids that could not be read from the kernel map.
+    pub fetch_failures: u64,
+    /// Frames that could not be placed in any mapping.
+    pub unmapped_frames: u64,
+}
+
+impl Stacks {
+    /// Read stack `id` from `src` unless already known.
+    pub fn fetch(&mut self, src: &impl StackSource, id: i32) {
+        if id < 0 || self.ips.contains_key(&id) {
+            return;
+        }
+        match src.stack(id as u32) {
+            Some(v) => {
+                self.ips.insert(id, v.into());
+            }
+            None => {
+                self.fetch_failures += 1;
+                self.ips.insert(id, Arc::from([]));
+            }
+        }
+    }
+
+    /// Raw frames of `s`, innermost first: the captured stack with the
+    /// recovered caller inserted as the second frame when it is missing.
+    pub fn frames(&self, s: StackRef) -> Vec<u64> {
+        let mut v: Vec<u64> = self.ips.get(&s.id).map(|a| a.to_vec()).unwrap_or_default();
+        if let Some(c) = s.caller {
+            match v.len() {
+                0 => v.push(c),
+                _ if v.get(1) == Some(&c) => {}
+                _ => v.insert(1, c),
+            }
+        }
+        v
+    }
+
+    /// Forget what was known of `pid`'s address space (it exec'd).
+    pub fn forget_process(&mut self, pid: u32) {
+        self.snapshots.remove(&pid);
+        self.norm.retain(|&(p, _), _| p != pid);
+    }
+
+    /// Normalize every frame of `stacks` of live process `pid`, reading its
+    /// maps again when a frame is outside the last snapshot.
+    pub fn normalize(&mut self, pid: u32, stacks: impl IntoIterator<Item = StackRef>) {
+        self.normalize_with(pid, stacks, |pid| Snapshot::read(pid).ok());
+    }
+
+    pub fn normalize_with(
+        &mut self,
+        pid: u32,
+        stacks: impl IntoIterator<Item = StackRef>,
+        mut read: impl FnMut(u32) -> Option<Snapshot>,
+    ) {
+        let mut todo: Vec<u64> = Vec::new();
+        let mut seen = HashSet::new();
+        for s in stacks {
+            for ip in self.frames(s) {
+                if !self.norm.contains_key(&(pid, ip)) && seen.insert(ip) {
+                    todo.push(ip);
+                }
+            }
+        }
+        if todo.is_empty() {
+            return;
+        }
+        let mut refreshed = false;
+        for ip in todo {
+            // A return address: the call is the instruction before it.
+            let at = ip.saturating_sub(1);
+            let mut hit = self.snapshots.get(&pid).and_then(|s| s.lookup(at));
+            if hit.is_none() && !refreshed {
+                refreshed = true;
+                if let Some(s) = read(pid).filter(|s| !s.is_empty()) {
+                    self.snapshots.insert(pid, s);
+                }
+                hit = self.snapshots.get(&pid).and_then(|s| s.lookup(at));
+            }
+            if hit.is_some() {
+                self.norm.insert((pid, ip), hit);
+            } else if refreshed {
+                // Maps were read and the frame is in none: final.
+                self.unmapped_frames += 1;
+                self.norm.insert((pid, ip), None);
+            }
+        }
+    }
+
+    /// The file address of frame `ip` of `pid`, if normalized.
+    pub fn file_addr(&self, pid: u32, ip: u64) -> Option<&FileAddr> {
+        self.norm.get(&(pid, ip)).and_then(Option::as_ref)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fake;
+    impl StackSource for Fake {
+        fn stack(&self, id: u32) -> Option<Vec<u64>> {
+            (id == 1).then(|| vec![0x1010, 0x2020, 0x3030])
+        }
+    }
+
+    #[test]
+    fn caller_inserted_unless_present() {
+        let mut s = Stacks::default();
+        s.fetch(&Fake, 1);
+        assert_eq!(
+            s.frames(StackRef {
+                id: 1,
+                caller: None
+            }),
+            [0x1010, 0x2020, 0x3030]
+        );
+        assert_eq!(
+            s.frames(StackRef {
+                id: 1,
+                caller: Some(0x9999)
+            }),
+            [0x1010, 0x9999, 0x2020, 0x3030]
+        );
+        assert_eq!(
+            s.frames(StackRef {
+                id: 1,
+                caller: Some(0x2020)
+            }),
+            [0x1010, 0x2020, 0x3030]
+        );
+        // A failed capture still keeps the recovered caller.
+        assert_eq!(
+            s.frames(StackRef {
+                id: -14,
+                caller: Some(0x9)
+            }),
+            [0x9]
+        );
+    }
+
+    #[test]
+    fn fetch_failure_counted_once() {
+        let mut s = Stacks::default();
+        s.fetch(&Fake, 7);
+        s.fetch(&Fake, 7);
+        assert_eq!(s.fetch_failures, 1);
+        assert!(
+            s.frames(StackRef {
+                id: 7,
+                caller: None
+            })
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn normalizes_at_return_address_minus_one() {
+        let mut s = Stacks::default();
+        s.fetch(&Fake, 1);
+        let maps =
+            "0000-2000 r-xp 00000000 fe:01 1 /bin/a\n3000-4000 r-xp 00005000 fe:01 2 /lib/b.so\n";
+        let mut reads = 0;
+        s.normalize_with(
+            1,
+            [StackRef {
+                id: 1,
+                caller: None,
+            }],
+            |_| {
+                reads += 1;
+                Some(Snapshot::parse(maps))
+            },
+        );
+        assert_eq!(reads, 1);
+        assert_eq!(s.file_addr(1, 0x1010).unwrap().file_offset, 0x100f);
+        assert_eq!(s.file_addr(1, 0x2020), None);
+        assert_eq!(&*s.file_addr(1, 0x3030).unwrap().path, "/lib/b.so");
+        assert_eq!(s.file_addr(1, 0x3030).unwrap().file_offset, 0x502f);
+        assert_eq!(s.unmapped_frames, 1);
+        // Everything known: no more reads.
+        s.normalize_with(
+            1,
+            [StackRef {
+                id: 1,
+                caller: None,
+            }],
+            |_| {
+                reads += 1;
+                None
+            },
+        );
+        assert_eq!(reads, 1);
+    }
+}

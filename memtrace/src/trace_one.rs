@@ -1,0 +1,289 @@
+//! `memtrace report`: trace one process (attached to, or launched) and
+//! write its leak report.
+
+use std::{
+    num::NonZeroU32,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::programs::uprobe::UProbeScope;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    cli::{ReportArgs, Tuning},
+    collect::Collector,
+    launch::{self, ChildState},
+    output::Output,
+    probes::{self, LoadOptions},
+    procmaps, report,
+    symbolize::Symbols,
+    system,
+    tracker::Tracker,
+};
+
+/// How often the ring buffer is drained.
+const DRAIN_EVERY: Duration = Duration::from_millis(2);
+/// How often new stacks are read and normalized.
+const RESOLVE_EVERY: Duration = Duration::from_millis(50);
+
+pub fn run(args: ReportArgs, tuning: &Tuning) -> Result<()> {
+    if args.pid.is_none() && args.command.is_empty() {
+        bail!("report needs --pid PID or a command after `--` (see memtrace report --help)");
+    }
+    if args.duration.is_some() && args.pid.is_none() {
+        bail!("--duration applies to --pid; a command is traced until it exits");
+    }
+    // Fail on an unwritable output before tracing anything.
+    let output = args.output.as_deref().map(Output::reserve).transpose()?;
+    system::preflight()?;
+
+    let target = match args.pid {
+        Some(pid) => Target::Attach(validate_pid(pid)?),
+        None => Target::Launch(launch::spawn_suspended(&args.command)?),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let prog = args
+        .command
+        .first()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let outcome = rt.block_on(trace(target, &prog, args.duration, tuning))?;
+    let text = report::render(&outcome, args.format)?;
+    match output {
+        Some(o) => o.commit(&text),
+        None => write_stdout(&text),
+    }
+}
+
+fn write_stdout(text: &str) -> Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        // A closed pipe (`| head`) is the reader's choice, not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(e).context("writing the report to stdout"),
+    }
+}
+
+enum Target {
+    Attach(u32),
+    Launch(launch::Child),
+}
+
+/// Check that `pid` is a process memtrace can attach to.
+fn validate_pid(pid: u32) -> Result<u32> {
+    if pid == std::process::id() {
+        bail!("PID {pid} is memtrace itself");
+    }
+    if !procmaps::alive(pid) {
+        bail!("no process with PID {pid}");
+    }
+    if procmaps::exe(pid).is_none() {
+        bail!("PID {pid} is a kernel thread (or exiting): it has no user-space allocations");
+    }
+    Ok(pid)
+}
+
+/// The C library and C++ runtime a process uses, as paths memtrace can
+/// open (through the process's own root).
+fn libraries_of(pid: u32) -> Result<(PathBuf, Option<PathBuf>)> {
+    let in_root = |p: PathBuf| PathBuf::from(format!("/proc/{pid}/root{}", p.display()));
+    let libc = probes::mapped_library(pid, "libc.so.6")
+        .with_context(|| format!("reading the memory map of PID {pid}"))?
+        .ok_or_else(|| {
+            anyhow!(
+                "PID {pid} does not use a dynamically linked glibc (libc.so.6): \
+                 static binaries and other allocators are not supported yet"
+            )
+        })?;
+    let cxx = probes::mapped_library(pid, "libstdc++.so.6").ok().flatten();
+    Ok((in_root(libc), cxx.map(in_root)))
+}
+
+fn scope(pid: u32) -> Result<UProbeScope> {
+    NonZeroU32::new(pid)
+        .map(UProbeScope::OneProcess)
+        .ok_or_else(|| anyhow!("invalid PID 0"))
+}
+
+async fn trace(
+    mut target: Target,
+    prog: &str,
+    duration: Option<Duration>,
+    tuning: &Tuning,
+) -> Result<report::Report> {
+    let pid = match &target {
+        Target::Attach(p) => *p,
+        Target::Launch(c) => c.pid,
+    };
+    let opts = LoadOptions {
+        target_tgid: pid,
+        floor_only: tuning.floor,
+        ring_bytes: tuning.ring_bytes,
+        stack_entries: tuning.stack_entries,
+    };
+    let mut ebpf = probes::load(&opts)?;
+    let (libc, cxx) = match &target {
+        Target::Attach(pid) => libraries_of(*pid)?,
+        Target::Launch(_) => (
+            probes::host_libc()?,
+            probes::find_in_lib_dirs("libstdc++.so.6"),
+        ),
+    };
+    let mut links = probes::Links::default();
+    let attached =
+        probes::attach_allocators(&mut ebpf, &libc, cxx.as_deref(), scope(pid)?, &mut links);
+    if let Err(e) = attached {
+        links.detach(&mut ebpf);
+        return Err(e);
+    }
+    probes::attach_lifecycle(&mut ebpf)?;
+    let mut col = Collector::new(&mut ebpf, Tracker::with_filter(vec![pid]))?;
+
+    let mut sigint = signal(SignalKind::interrupt()).context("installing signal handlers")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing signal handlers")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing signal handlers")?;
+
+    let started = Instant::now();
+    let mut ident = Ident::default();
+    match &mut target {
+        Target::Attach(pid) => {
+            ident.refresh(*pid);
+            eprintln!("memtrace: attached to PID {pid}");
+        }
+        Target::Launch(child) => {
+            child.trace_exit()?;
+            child.release(prog)?;
+        }
+    }
+    let deadline = duration.map(|d| started + d);
+    let mut drain = tokio::time::interval(DRAIN_EVERY);
+    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_resolve = Instant::now();
+    let mut interrupts = 0;
+    let exited = loop {
+        tokio::select! {
+            _ = drain.tick() => {}
+            _ = sigint.recv() => interrupts += 1,
+            _ = sigterm.recv() => interrupts += 1,
+            _ = sighup.recv() => interrupts += 1,
+        }
+        col.drain();
+        if last_resolve.elapsed() >= RESOLVE_EVERY {
+            last_resolve = Instant::now();
+            col.resolve_new_stacks();
+            ident.refresh(pid);
+        }
+        match &mut target {
+            Target::Attach(pid) => {
+                if interrupts > 0 || deadline.is_some_and(|d| Instant::now() >= d) {
+                    break false;
+                }
+                if !procmaps::alive(*pid)
+                    || col.tracker.get(*pid).is_some_and(|p| p.exited_ns.is_some())
+                {
+                    break true;
+                }
+            }
+            Target::Launch(child) => {
+                // The command got the terminal's SIGINT too: wait for it to
+                // exit, unless the user insists.
+                if interrupts > 1 {
+                    child.detach();
+                    break false;
+                }
+                match child.poll() {
+                    ChildState::Running => {}
+                    ChildState::ExitStop => {
+                        // Its memory is still intact: take the last events
+                        // and normalize their stacks now.
+                        col.drain();
+                        col.resolve_new_stacks();
+                        ident.refresh(pid);
+                        child.continue_exit();
+                    }
+                    ChildState::Gone(_) => break true,
+                }
+            }
+        }
+    };
+    col.drain();
+    if !exited {
+        col.resolve_new_stacks();
+        ident.refresh(pid);
+    }
+    // Leave the traced process alone as soon as possible.
+    links.detach(&mut ebpf);
+    col.drain();
+    let now_ns = system::monotonic_ns();
+    let kc = col.kernel_counters();
+    let proc_state = col.tracker.get(pid);
+    let empty;
+    let p = match proc_state {
+        Some(p) => p,
+        None => {
+            empty = crate::tracker::Process::new(pid, now_ns);
+            &empty
+        }
+    };
+    let mut notes = Vec::new();
+    if matches!(target, Target::Attach(_)) {
+        notes.push(
+            "attached to a running process: allocations made before attach are not seen, \
+             and frees of them count as untracked frees"
+                .to_string(),
+        );
+    }
+    if kc.return_without_entry > 0 {
+        notes.push(format!(
+            "{} allocator returns had no recorded entry (calls in progress at attach)",
+            kc.return_without_entry
+        ));
+    }
+    let meta = report::Meta {
+        pid,
+        comm: ident.comm.unwrap_or_else(|| short_name(prog)),
+        exe: ident.exe.unwrap_or_else(|| prog.to_string()),
+        exited,
+        duration_ms: started.elapsed().as_millis() as u64,
+        now_ns: p.exited_ns.unwrap_or(now_ns),
+        notes,
+    };
+    let losses = report::Losses {
+        lost_events: kc.lost() + col.tracker.totals.decode_errors,
+        stack_failures: kc.stack_fail + col.stacks.fetch_failures,
+    };
+    let mut symbols = Symbols::default();
+    Ok(report::build(p, &col.stacks, &mut symbols, meta, losses))
+}
+
+fn short_name(prog: &str) -> String {
+    Path::new(prog)
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_else(|| prog.to_string())
+}
+
+/// Name and executable of the traced process, read while it lives.
+#[derive(Default)]
+struct Ident {
+    comm: Option<String>,
+    exe: Option<String>,
+}
+
+impl Ident {
+    fn refresh(&mut self, pid: u32) {
+        if let Some(c) = procmaps::comm(pid) {
+            self.comm = Some(c);
+        }
+        if let Some(e) = procmaps::exe(pid) {
+            self.exe = Some(e);
+        }
+    }
+}

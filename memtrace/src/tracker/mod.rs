@@ -1,0 +1,157 @@
+//! The tracker: a pure state machine from decoded events to per-process
+//! tables of outstanding allocations. No I/O, no clocks: time comes from the
+//! events, so unit tests drive it with plain event vectors.
+//!
+//! Rules (each has a unit test below):
+//! - exec starts a process afresh: what the old image held is dropped;
+//! - the leader's exit freezes the process's final state for the report;
+//! - realloc is a free of the old block and an allocation of the new one,
+//!   owned by the realloc call site; a realloc of an unknown block counts an
+//!   untracked free;
+//! - a free of an address never seen allocated counts `untracked_frees`;
+//! - an allocation at an address still held means its free was lost: the old
+//!   block is dropped and counted in `missed_frees`;
+//! - anonymous mmap regions are tracked by page range; munmap may cut any
+//!   part of them; mremap moves what it covers, keeping the original stack.
+
+mod mmap;
+mod process;
+
+use std::collections::HashMap;
+
+pub use process::{Block, Kind, ProcCounters, Process, StackAgg};
+
+use crate::decode::Event;
+
+/// Global counters, over all processes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub events: u64,
+    pub decode_errors: u64,
+}
+
+#[derive(Default)]
+pub struct Tracker {
+    live: HashMap<u32, Process>,
+    exited: Vec<Process>,
+    pub totals: Totals,
+    /// When set, only these processes are tracked.
+    filter: Option<Vec<u32>>,
+}
+
+impl Tracker {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Track only `pids` (events of other processes are ignored).
+    pub fn with_filter(pids: Vec<u32>) -> Self {
+        Self {
+            filter: Some(pids),
+            ..Self::default()
+        }
+    }
+
+    fn wanted(&self, pid: u32) -> bool {
+        self.filter.as_ref().is_none_or(|f| f.contains(&pid))
+    }
+
+    pub fn on_decode_error(&mut self) {
+        self.totals.decode_errors += 1;
+    }
+
+    fn process(&mut self, pid: u32, ts: u64) -> &mut Process {
+        self.live
+            .entry(pid)
+            .or_insert_with(|| Process::new(pid, ts))
+    }
+
+    pub fn on_event(&mut self, ev: &Event) {
+        self.totals.events += 1;
+        let meta = *ev.meta();
+        if !self.wanted(meta.pid) {
+            return;
+        }
+        let ts = meta.ts_ns;
+        match *ev {
+            Event::Alloc {
+                addr, size, stack, ..
+            } => self.process(meta.pid, ts).alloc(addr, size, stack, ts),
+            Event::Free { addr, .. } => self.process(meta.pid, ts).free(addr, ts),
+            Event::Realloc {
+                old_addr,
+                addr,
+                size,
+                stack,
+                ..
+            } => self
+                .process(meta.pid, ts)
+                .realloc(old_addr, addr, size, stack, ts),
+            Event::Mmap {
+                addr,
+                len,
+                flags,
+                stack,
+                ..
+            } => self.process(meta.pid, ts).mmap(addr, len, flags, stack, ts),
+            Event::Munmap { addr, len, .. } => {
+                // A process we know nothing of has no regions to cut.
+                if let Some(p) = self.live.get_mut(&meta.pid) {
+                    p.munmap(addr, len);
+                }
+            }
+            Event::Mremap {
+                old_addr,
+                old_len,
+                addr,
+                len,
+                ..
+            } => {
+                if let Some(p) = self.live.get_mut(&meta.pid) {
+                    p.mremap(old_addr, old_len, addr, len, ts);
+                }
+            }
+            Event::Exec { .. } => self.on_exec(meta.pid, ts),
+            Event::Exit { .. } => self.on_exit(meta.pid, ts),
+        }
+    }
+
+    /// The process replaced its image: start it afresh.
+    pub fn on_exec(&mut self, pid: u32, ts: u64) {
+        let generation = self.live.remove(&pid).map_or(0, |p| p.generation + 1);
+        let mut fresh = Process::new(pid, ts);
+        fresh.generation = generation;
+        self.live.insert(pid, fresh);
+    }
+
+    /// The process exited: freeze its final state.
+    pub fn on_exit(&mut self, pid: u32, ts: u64) {
+        if let Some(mut p) = self.live.remove(&pid) {
+            p.exited_ns = Some(ts);
+            self.exited.push(p);
+        }
+    }
+
+    pub fn live(&self) -> impl Iterator<Item = &Process> {
+        self.live.values()
+    }
+
+    pub fn exited(&self) -> &[Process] {
+        &self.exited
+    }
+
+    /// Drop exited processes for which `keep` returns false.
+    pub fn retain_exited(&mut self, keep: impl FnMut(&Process) -> bool) {
+        self.exited.retain(keep);
+    }
+
+    /// The latest state of `pid`: live, else its most recent exited image.
+    pub fn get(&self, pid: u32) -> Option<&Process> {
+        self.live
+            .get(&pid)
+            .or_else(|| self.exited.iter().rev().find(|p| p.pid == pid))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,223 @@
+//! One traced process: its outstanding heap blocks and mmap regions, per
+//! stack aggregates, counters and histograms.
+
+use std::collections::HashMap;
+
+use hdrhistogram::Histogram;
+
+use super::mmap::Regions;
+use crate::decode::StackRef;
+
+/// Heap block or anonymous mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Heap,
+    Mmap,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Heap => "heap",
+            Kind::Mmap => "mmap",
+        }
+    }
+}
+
+/// An outstanding heap block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Block {
+    pub size: u64,
+    pub ts_ns: u64,
+    /// Index into `Process::stacks`.
+    pub stack: u32,
+}
+
+/// What one allocating stack still holds, and has done.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StackAgg {
+    pub stack: StackRef,
+    pub kind: Kind,
+    pub outstanding_bytes: u64,
+    pub outstanding_allocations: u64,
+    pub total_allocations: u64,
+    pub total_bytes: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcCounters {
+    /// Allocations seen (heap and mmap, realloc included).
+    pub allocations: u64,
+    pub allocated_bytes: u64,
+    /// Releases of tracked blocks (free, realloc's old block, munmap of a
+    /// whole tracked region).
+    pub frees: u64,
+    pub freed_bytes: u64,
+    /// Frees (and reallocs) of addresses never seen allocated.
+    pub untracked_frees: u64,
+    /// Allocations at an address still held: the free in between was lost.
+    pub missed_frees: u64,
+}
+
+pub struct Process {
+    pub pid: u32,
+    /// Number of execs seen (0 for the image memtrace first saw).
+    pub generation: u32,
+    pub first_ns: u64,
+    pub last_ns: u64,
+    pub exited_ns: Option<u64>,
+    pub heap: HashMap<u64, Block>,
+    pub(super) regions: Regions,
+    pub stacks: Vec<StackAgg>,
+    stack_index: HashMap<(StackRef, Kind), u32>,
+    pub counters: ProcCounters,
+    pub outstanding_bytes: u64,
+    pub outstanding_allocations: u64,
+    /// Sizes of every allocation, bytes.
+    pub sizes: Histogram<u64>,
+    /// Lifetimes of freed blocks, microseconds.
+    pub lifetimes_us: Histogram<u64>,
+}
+
+fn histogram() -> Histogram<u64> {
+    // Two significant figures, auto-resizing: a few KiB per process.
+    let mut h = Histogram::new(2).unwrap_or_else(|_| unreachable_histogram());
+    h.auto(true);
+    h
+}
+
+#[cold]
+fn unreachable_histogram() -> Histogram<u64> {
+    // Histogram::new only fails for sigfig > 5.
+    Histogram::new_with_bounds(1, 2, 0).unwrap_or_else(|_| std::process::abort())
+}
+
+impl Process {
+    pub fn new(pid: u32, ts: u64) -> Self {
+        Self {
+            pid,
+            generation: 0,
+            first_ns: ts,
+            last_ns: ts,
+            exited_ns: None,
+            heap: HashMap::new(),
+            regions: Regions::default(),
+            stacks: Vec::new(),
+            stack_index: HashMap::new(),
+            counters: ProcCounters::default(),
+            outstanding_bytes: 0,
+            outstanding_allocations: 0,
+            sizes: histogram(),
+            lifetimes_us: histogram(),
+        }
+    }
+
+    pub(super) fn stack_idx(&mut self, stack: StackRef, kind: Kind) -> u32 {
+        if let Some(&i) = self.stack_index.get(&(stack, kind)) {
+            return i;
+        }
+        let i = self.stacks.len() as u32;
+        self.stacks.push(StackAgg {
+            stack,
+            kind,
+            outstanding_bytes: 0,
+            outstanding_allocations: 0,
+            total_allocations: 0,
+            total_bytes: 0,
+        });
+        self.stack_index.insert((stack, kind), i);
+        i
+    }
+
+    /// Account a new outstanding allocation of `bytes` to stack `idx`.
+    pub(super) fn add(&mut self, idx: u32, bytes: u64, new_allocation: bool) {
+        let s = &mut self.stacks[idx as usize];
+        s.outstanding_bytes += bytes;
+        self.outstanding_bytes += bytes;
+        if new_allocation {
+            s.outstanding_allocations += 1;
+            s.total_allocations += 1;
+            s.total_bytes += bytes;
+            self.outstanding_allocations += 1;
+            self.counters.allocations += 1;
+            self.counters.allocated_bytes += bytes;
+            let _ = self.sizes.record(bytes);
+        }
+    }
+
+    /// Account the release of `bytes` from stack `idx`; `last_piece` when
+    /// the allocation is gone entirely.
+    pub(super) fn sub(&mut self, idx: u32, bytes: u64, last_piece: bool) {
+        let s = &mut self.stacks[idx as usize];
+        s.outstanding_bytes = s.outstanding_bytes.saturating_sub(bytes);
+        self.outstanding_bytes = self.outstanding_bytes.saturating_sub(bytes);
+        self.counters.freed_bytes += bytes;
+        if last_piece {
+            s.outstanding_allocations = s.outstanding_allocations.saturating_sub(1);
+            self.outstanding_allocations = self.outstanding_allocations.saturating_sub(1);
+            self.counters.frees += 1;
+        }
+    }
+
+    fn touch(&mut self, ts: u64) {
+        self.last_ns = self.last_ns.max(ts);
+    }
+
+    pub fn alloc(&mut self, addr: u64, size: u64, stack: StackRef, ts: u64) {
+        self.touch(ts);
+        if let Some(old) = self.heap.remove(&addr) {
+            self.counters.missed_frees += 1;
+            self.sub(old.stack, old.size, true);
+        }
+        let idx = self.stack_idx(stack, Kind::Heap);
+        self.add(idx, size, true);
+        self.heap.insert(
+            addr,
+            Block {
+                size,
+                ts_ns: ts,
+                stack: idx,
+            },
+        );
+    }
+
+    pub fn free(&mut self, addr: u64, ts: u64) {
+        self.touch(ts);
+        match self.heap.remove(&addr) {
+            Some(b) => {
+                self.sub(b.stack, b.size, true);
+                let _ = self.lifetimes_us.record(ts.saturating_sub(b.ts_ns) / 1_000);
+            }
+            None => self.counters.untracked_frees += 1,
+        }
+    }
+
+    pub fn realloc(&mut self, old: u64, addr: u64, size: u64, stack: StackRef, ts: u64) {
+        self.free(old, ts);
+        self.alloc(addr, size, stack, ts);
+    }
+
+    /// Age of the oldest outstanding allocation of each stack, as the
+    /// minimum timestamp per stack index.
+    pub fn oldest_per_stack(&self) -> Vec<Option<u64>> {
+        let mut v = vec![None::<u64>; self.stacks.len()];
+        let mut note = |idx: u32, ts: u64| {
+            let slot = &mut v[idx as usize];
+            *slot = Some(slot.map_or(ts, |t| t.min(ts)));
+        };
+        for b in self.heap.values() {
+            note(b.stack, b.ts_ns);
+        }
+        for r in self.regions.iter() {
+            note(r.stack, r.ts_ns);
+        }
+        v
+    }
+
+    /// Timestamp of the oldest outstanding allocation.
+    pub fn oldest_ns(&self) -> Option<u64> {
+        let heap = self.heap.values().map(|b| b.ts_ns);
+        let maps = self.regions.iter().map(|r| r.ts_ns);
+        heap.chain(maps).min()
+    }
+}

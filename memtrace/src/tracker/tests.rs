@@ -1,0 +1,284 @@
+use super::*;
+use crate::decode::{AllocFn, Event, Meta, StackRef};
+
+const P: u32 = 100;
+const S1: StackRef = StackRef {
+    id: 1,
+    caller: None,
+};
+const S2: StackRef = StackRef {
+    id: 2,
+    caller: None,
+};
+
+fn meta(ts: u64) -> Meta {
+    Meta {
+        pid: P,
+        tid: P,
+        ts_ns: ts,
+    }
+}
+fn alloc(addr: u64, size: u64, stack: StackRef) -> Event {
+    Event::Alloc {
+        meta: meta(1),
+        func: AllocFn::Malloc,
+        addr,
+        size,
+        stack,
+    }
+}
+fn free(addr: u64) -> Event {
+    Event::Free {
+        meta: meta(2),
+        addr,
+    }
+}
+fn run(evs: &[Event]) -> Tracker {
+    let mut t = Tracker::new();
+    for e in evs {
+        t.on_event(e);
+    }
+    t
+}
+fn proc_of(t: &Tracker) -> &Process {
+    t.get(P).expect("process tracked")
+}
+/// (outstanding bytes, outstanding allocations) of `stack`, `kind`.
+fn held(p: &Process, stack: StackRef, kind: Kind) -> (u64, u64) {
+    p.stacks
+        .iter()
+        .find(|s| s.stack == stack && s.kind == kind)
+        .map_or((0, 0), |s| (s.outstanding_bytes, s.outstanding_allocations))
+}
+
+#[test]
+fn alloc_and_free() {
+    let t = run(&[alloc(0x10, 100, S1), alloc(0x20, 50, S2), free(0x10)]);
+    let p = proc_of(&t);
+    assert_eq!((p.outstanding_bytes, p.outstanding_allocations), (50, 1));
+    assert_eq!(held(p, S1, Kind::Heap), (0, 0));
+    assert_eq!(held(p, S2, Kind::Heap), (50, 1));
+    assert_eq!(p.counters.allocations, 2);
+    assert_eq!(p.counters.frees, 1);
+    assert_eq!(p.counters.untracked_frees, 0);
+}
+
+#[test]
+fn unknown_free_is_counted_not_dropped() {
+    let t = run(&[alloc(0x10, 8, S1), free(0x999)]);
+    let p = proc_of(&t);
+    assert_eq!(p.counters.untracked_frees, 1);
+    assert_eq!(p.outstanding_bytes, 8);
+}
+
+#[test]
+fn realloc_moves_ownership_to_realloc_site() {
+    let t = run(&[
+        alloc(0x10, 8, S1),
+        Event::Realloc {
+            meta: meta(3),
+            old_addr: 0x10,
+            addr: 0x40,
+            size: 64,
+            stack: S2,
+        },
+    ]);
+    let p = proc_of(&t);
+    assert_eq!(held(p, S1, Kind::Heap), (0, 0));
+    assert_eq!(held(p, S2, Kind::Heap), (64, 1));
+    assert_eq!((p.outstanding_bytes, p.outstanding_allocations), (64, 1));
+}
+
+#[test]
+fn realloc_in_place_and_of_unknown_block() {
+    let t = run(&[
+        alloc(0x10, 8, S1),
+        Event::Realloc {
+            meta: meta(3),
+            old_addr: 0x10,
+            addr: 0x10,
+            size: 16,
+            stack: S1,
+        },
+        Event::Realloc {
+            meta: meta(4),
+            old_addr: 0x777,
+            addr: 0x80,
+            size: 4,
+            stack: S2,
+        },
+    ]);
+    let p = proc_of(&t);
+    assert_eq!(held(p, S1, Kind::Heap), (16, 1));
+    assert_eq!(held(p, S2, Kind::Heap), (4, 1));
+    assert_eq!(p.counters.untracked_frees, 1);
+}
+
+#[test]
+fn reused_address_counts_missed_free() {
+    let t = run(&[alloc(0x10, 8, S1), alloc(0x10, 32, S2)]);
+    let p = proc_of(&t);
+    assert_eq!(p.counters.missed_frees, 1);
+    assert_eq!((p.outstanding_bytes, p.outstanding_allocations), (32, 1));
+}
+
+#[test]
+fn exec_starts_afresh_and_exit_freezes() {
+    let mut t = run(&[alloc(0x10, 8, S1)]);
+    t.on_event(&Event::Exec { meta: meta(5) });
+    t.on_event(&alloc(0x20, 3, S2));
+    t.on_event(&Event::Exit { meta: meta(9) });
+    assert_eq!(t.live().count(), 0);
+    let p = proc_of(&t);
+    assert_eq!(p.exited_ns, Some(9));
+    assert_eq!(p.generation, 1);
+    assert_eq!((p.outstanding_bytes, p.outstanding_allocations), (3, 1));
+    assert_eq!(held(p, S1, Kind::Heap), (0, 0));
+}
+
+#[test]
+fn filter_ignores_other_processes() {
+    let mut t = Tracker::with_filter(vec![7]);
+    t.on_event(&alloc(0x10, 8, S1));
+    assert!(t.get(P).is_none());
+}
+
+fn mmap(addr: u64, len: u64, stack: StackRef) -> Event {
+    Event::Mmap {
+        meta: meta(1),
+        addr,
+        len,
+        flags: 0x22,
+        stack,
+    }
+}
+fn munmap(addr: u64, len: u64) -> Event {
+    Event::Munmap {
+        meta: meta(2),
+        addr,
+        len,
+    }
+}
+const PG: u64 = 4096;
+
+#[test]
+fn partial_munmap_keeps_the_rest() {
+    let base = 0x7f00_0000_0000;
+    let t = run(&[mmap(base, 10 * PG, S1), munmap(base + 4 * PG, 2 * PG)]);
+    let p = proc_of(&t);
+    // Two pieces of one allocation remain.
+    assert_eq!(held(p, S1, Kind::Mmap), (8 * PG, 1));
+    assert_eq!(p.regions.len(), 2);
+    let t = run(&[
+        mmap(base, 10 * PG, S1),
+        munmap(base + 4 * PG, 2 * PG),
+        munmap(base, 4 * PG),
+        munmap(base + 6 * PG, 4 * PG),
+    ]);
+    let p = proc_of(&t);
+    assert_eq!(held(p, S1, Kind::Mmap), (0, 0));
+    assert_eq!(p.counters.frees, 1);
+}
+
+#[test]
+fn mmap_sizes_are_as_requested() {
+    let base = 0x7f00_0000_0000;
+    let t = run(&[mmap(base, 10_000, S1), munmap(base, PG)]);
+    let p = proc_of(&t);
+    assert_eq!(held(p, S1, Kind::Mmap), (10_000 - PG, 1));
+}
+
+#[test]
+fn file_mapping_not_tracked_but_overlays_cut() {
+    let base = 0x7f00_0000_0000;
+    let file_fixed = Event::Mmap {
+        meta: meta(3),
+        addr: base,
+        len: PG,
+        flags: 0x12,
+        stack: S2,
+    };
+    let t = run(&[mmap(base, 4 * PG, S1), file_fixed]);
+    let p = proc_of(&t);
+    assert_eq!(held(p, S1, Kind::Mmap), (3 * PG, 1));
+    assert_eq!(held(p, S2, Kind::Mmap), (0, 0));
+}
+
+#[test]
+fn mremap_moves_and_keeps_stack() {
+    let (a, b) = (0x7f00_0000_0000, 0x7f10_0000_0000);
+    let t = run(&[
+        mmap(a, 2 * PG, S1),
+        Event::Mremap {
+            meta: meta(5),
+            old_addr: a,
+            old_len: 2 * PG,
+            addr: b,
+            len: 8 * PG,
+            stack: S2,
+        },
+    ]);
+    let p = proc_of(&t);
+    assert_eq!(held(p, S1, Kind::Mmap), (8 * PG, 1));
+    assert_eq!(held(p, S2, Kind::Mmap), (0, 0));
+    assert_eq!(
+        (p.outstanding_bytes, p.outstanding_allocations),
+        (8 * PG, 1)
+    );
+    // The moved region keeps its original age.
+    assert_eq!(p.oldest_ns(), Some(1));
+}
+
+#[test]
+fn mremap_of_untracked_region_is_ignored() {
+    let t = run(&[
+        alloc(0x10, 1, S1),
+        Event::Mremap {
+            meta: meta(5),
+            old_addr: 0x5000,
+            old_len: PG,
+            addr: 0x9000,
+            len: PG,
+            stack: S2,
+        },
+    ]);
+    let p = proc_of(&t);
+    assert_eq!(p.outstanding_bytes, 1);
+}
+
+#[test]
+fn oldest_per_stack() {
+    let mut t = Tracker::new();
+    for (ts, addr, st) in [(5, 0x10, S1), (3, 0x20, S1), (9, 0x30, S2)] {
+        t.on_event(&Event::Alloc {
+            meta: meta(ts),
+            func: AllocFn::Malloc,
+            addr,
+            size: 1,
+            stack: st,
+        });
+    }
+    let p = proc_of(&t);
+    let oldest = p.oldest_per_stack();
+    assert_eq!(oldest, vec![Some(3), Some(9)]);
+    assert_eq!(p.oldest_ns(), Some(3));
+}
+
+#[test]
+fn lifetimes_recorded_on_free() {
+    let mut t = Tracker::new();
+    t.on_event(&Event::Alloc {
+        meta: meta(0),
+        func: AllocFn::Malloc,
+        addr: 1,
+        size: 1,
+        stack: S1,
+    });
+    t.on_event(&Event::Free {
+        meta: meta(5_000_000),
+        addr: 1,
+    });
+    let p = proc_of(&t);
+    assert_eq!(p.lifetimes_us.len(), 1);
+    assert!(p.lifetimes_us.value_at_quantile(0.5) >= 4_900);
+}
