@@ -20,7 +20,9 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+    helpers::{
+        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+    },
     macros::{map, raw_tracepoint, uprobe, uretprobe},
     maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
     programs::{ProbeContext, RawTracePointContext, RetProbeContext, tracing::StackIdContext},
@@ -163,56 +165,36 @@ fn arg(ctx: &ProbeContext, n: usize) -> u64 {
     ctx.arg::<u64>(n).unwrap_or(0)
 }
 
+/// The one entry program of every allocator function. The attach cookie
+/// says which function fired (`func::*`, low 16 bits) and, for entry-only
+/// probes planted after a `sub $n, %rsp`, that `n` (bits 16..24).
 #[uprobe]
-pub fn malloc_enter(ctx: ProbeContext) -> u32 {
-    enter(&ctx, func::MALLOC, arg(&ctx, 0), 0, 0)
-}
-
-#[uprobe]
-pub fn calloc_enter(ctx: ProbeContext) -> u32 {
-    let (n, m) = (arg(&ctx, 0), arg(&ctx, 1));
-    // BPF has no 128-bit multiply for an overflow check, and needs none: an
-    // overflowing calloc fails, and failed calls emit nothing.
-    let size = n.wrapping_mul(m);
-    enter(&ctx, func::CALLOC, size, 0, 0)
-}
-
-#[uprobe]
-pub fn realloc_enter(ctx: ProbeContext) -> u32 {
-    enter(&ctx, func::REALLOC, arg(&ctx, 1), arg(&ctx, 0), 0)
-}
-
-#[uprobe]
-pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
-    enter(&ctx, func::POSIX_MEMALIGN, arg(&ctx, 2), arg(&ctx, 0), 0)
-}
-
-/// memalign(align, size) and aligned_alloc(align, size) (often one symbol).
-#[uprobe]
-pub fn memalign_enter(ctx: ProbeContext) -> u32 {
-    enter(&ctx, func::MEMALIGN, arg(&ctx, 1), 0, 0)
-}
-
-#[uprobe]
-pub fn valloc_enter(ctx: ProbeContext) -> u32 {
-    enter(&ctx, func::VALLOC, arg(&ctx, 0), 0, 0)
-}
-
-#[uprobe]
-pub fn pvalloc_enter(ctx: ProbeContext) -> u32 {
-    enter(&ctx, func::PVALLOC, arg(&ctx, 0), 0, 0)
-}
-
-/// mmap(addr, len, prot, flags, fd, off): `arg0` keeps the flags.
-#[uprobe]
-pub fn mmap_enter(ctx: ProbeContext) -> u32 {
-    enter(&ctx, func::MMAP, arg(&ctx, 1), arg(&ctx, 3), 0)
-}
-
-/// mremap(old, old_len, new_len, flags, ...).
-#[uprobe]
-pub fn mremap_enter(ctx: ProbeContext) -> u32 {
-    enter(&ctx, func::MREMAP, arg(&ctx, 2), arg(&ctx, 0), arg(&ctx, 1))
+pub fn alloc_enter(ctx: ProbeContext) -> u32 {
+    if global_u32(&FLOOR_ONLY) != 0 {
+        return 0;
+    }
+    // SAFETY: helper reading the cookie of the link that fired.
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.regs.cast()) };
+    let f = cookie as u16;
+    let (a0, a1, a2) = (arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2));
+    match f {
+        func::MALLOC | func::VALLOC | func::PVALLOC => enter(&ctx, f, a0, 0, 0),
+        // BPF has no 128-bit multiply for an overflow check, and needs none:
+        // an overflowing calloc fails, and failed calls emit nothing.
+        func::CALLOC => enter(&ctx, f, a0.wrapping_mul(a1), 0, 0),
+        func::REALLOC => enter(&ctx, f, a1, a0, 0),
+        func::POSIX_MEMALIGN => enter(&ctx, f, a2, a0, 0),
+        // memalign(align, size) and aligned_alloc(align, size).
+        func::MEMALIGN | func::ALIGNED_ALLOC => enter(&ctx, f, a1, 0, 0),
+        // mmap(addr, len, prot, flags, ...): keep the flags.
+        func::MMAP => enter(&ctx, f, a1, arg(&ctx, 3), 0),
+        // mremap(old, old_len, new_len, ...).
+        func::MREMAP => enter(&ctx, f, a2, a0, a1),
+        func::FREE => release(&ctx, kind::FREE, f),
+        func::MUNMAP => release(&ctx, kind::MUNMAP, f),
+        func::CXX_NEW => cxx_new(&ctx, (cookie >> 16) & 0xff),
+        _ => 0,
+    }
 }
 
 /// An event for this thread, without stack.
@@ -247,24 +229,15 @@ fn release(ctx: &ProbeContext, k: u16, f: u16) -> u32 {
     0
 }
 
-#[uprobe]
-pub fn free_enter(ctx: ProbeContext) -> u32 {
-    release(&ctx, kind::FREE, func::FREE)
-}
-
-#[uprobe]
-pub fn munmap_enter(ctx: ProbeContext) -> u32 {
-    release(&ctx, kind::MUNMAP, func::MUNMAP)
-}
-
 /// C++ operator new: remember its caller and stack for the malloc it makes,
-/// unless an outer operator new on this thread already did.
-#[uprobe]
-pub fn cxx_new_enter(ctx: ProbeContext) -> u32 {
+/// unless an outer operator new on this thread already did. `delta`: how far
+/// the probed instruction's stack pointer sits below the function's entry one.
+#[inline(always)]
+fn cxx_new(ctx: &ProbeContext, delta: u64) -> u32 {
     let Some((_tgid, tid)) = current() else {
         return 0;
     };
-    let sp = regs_sp(ctx.regs);
+    let sp = regs_sp(ctx.regs) + delta;
     // SAFETY: copied out at once, as in `nested`.
     if let Some(outer) = unsafe { CXX_CTX.get(&tid) }
         && outer.sp > sp
@@ -405,20 +378,35 @@ pub fn alloc_ret(ctx: RetProbeContext) -> u32 {
     0
 }
 
-/// A process replaced its image: its old allocations are gone.
+/// A process replaced its image: its old allocations are gone. `aux` is
+/// the thread id that called exec (it differs from the process id when a
+/// thread other than the leader did).
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
-pub fn sched_exec(_ctx: RawTracePointContext) -> u32 {
-    process_event(kind::EXEC, false)
+pub fn sched_exec(ctx: RawTracePointContext) -> u32 {
+    let old_tid: u64 = ctx.arg(1);
+    process_event(kind::EXEC, false, old_tid & 0xffff_ffff)
 }
 
-/// A thread exited; the leader's exit ends the process's table.
+/// A thread exited; `group_dead` (second argument, kernels 6.16+) says it
+/// was the process's last.
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
-pub fn sched_exit(_ctx: RawTracePointContext) -> u32 {
-    process_event(kind::EXIT, true)
+pub fn sched_exit(ctx: RawTracePointContext) -> u32 {
+    let group_dead: u64 = ctx.arg(1);
+    if group_dead & 0xff == 0 {
+        return 0;
+    }
+    process_event(kind::EXIT, false, 0)
+}
+
+/// Fallback for kernels whose sched_process_exit has no `group_dead`: the
+/// leader's exit stands for the process's.
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn sched_exit_leader(_ctx: RawTracePointContext) -> u32 {
+    process_event(kind::EXIT, true, 0)
 }
 
 #[inline(always)]
-fn process_event(k: u16, leader_only: bool) -> u32 {
+fn process_event(k: u16, leader_only: bool, aux: u64) -> u32 {
     let id = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((id >> 32) as u32, id as u32);
     if leader_only && tgid != tid {
@@ -428,7 +416,9 @@ fn process_event(k: u16, leader_only: bool) -> u32 {
     if (target != 0 && target != tgid) || tgid == global_u32(&SELF_TGID) {
         return 0;
     }
-    emit(&event(k, func::NONE, tgid, tid));
+    let mut ev = event(k, func::NONE, tgid, tid);
+    ev.aux = aux;
+    emit(&ev);
     0
 }
 

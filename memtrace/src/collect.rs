@@ -51,6 +51,9 @@ pub struct Collector {
     pub stacks: Stacks,
     /// Per (pid, generation): how many of its stacks are normalized.
     normalized: HashMap<(u32, u32), usize>,
+    /// Processes in which a thread other than the leader called exec since
+    /// the last `take_thread_execs` (PID-scoped probes must be re-attached).
+    thread_execs: Vec<u32>,
 }
 
 fn take<T: TryFrom<aya::maps::Map>>(ebpf: &mut Ebpf, name: &str) -> Result<T>
@@ -72,6 +75,7 @@ impl Collector {
             tracker,
             stacks: Stacks::default(),
             normalized: HashMap::new(),
+            thread_execs: Vec::new(),
         })
     }
 
@@ -82,8 +86,11 @@ impl Collector {
             n += 1;
             match decode::decode(&item) {
                 Ok(ev) => {
-                    if let Event::Exec { meta } = ev {
+                    if let Event::Exec { meta, old_tid } = ev {
                         self.stacks.forget_process(meta.pid);
+                        if old_tid != 0 && old_tid != meta.pid {
+                            self.thread_execs.push(meta.pid);
+                        }
                     }
                     self.tracker.on_event(&ev);
                 }
@@ -103,7 +110,9 @@ impl Collector {
             stack_map,
             ..
         } = self;
-        for p in tracker.live() {
+        // Exited processes too: their last stacks may have arrived in the
+        // same drain as their exit, and normalize against the last maps seen.
+        for p in tracker.live().chain(tracker.exited()) {
             let done = normalized.entry((p.pid, p.generation)).or_insert(0);
             if *done >= p.stacks.len() {
                 continue;
@@ -115,6 +124,10 @@ impl Collector {
             stacks.normalize(p.pid, new.iter().map(|s| s.stack));
             *done = p.stacks.len();
         }
+    }
+
+    pub fn take_thread_execs(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.thread_execs)
     }
 
     pub fn kernel_counters(&self) -> KernelCounters {

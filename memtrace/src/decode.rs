@@ -81,6 +81,9 @@ pub enum Event {
     },
     Exec {
         meta: Meta,
+        /// The thread that called exec (not the leader when it differs
+        /// from `meta.pid`).
+        old_tid: u32,
     },
     Exit {
         meta: Meta,
@@ -96,7 +99,7 @@ impl Event {
             | Event::Mmap { meta, .. }
             | Event::Munmap { meta, .. }
             | Event::Mremap { meta, .. }
-            | Event::Exec { meta }
+            | Event::Exec { meta, .. }
             | Event::Exit { meta } => meta,
         }
     }
@@ -214,7 +217,10 @@ pub fn decode(b: &[u8]) -> Result<Event, DecodeError> {
             len: w.size,
             stack,
         },
-        kind::EXEC => Event::Exec { meta },
+        kind::EXEC => Event::Exec {
+            meta,
+            old_tid: w.aux as u32,
+        },
         kind::EXIT => Event::Exit { meta },
         k => return Err(DecodeError::Kind(k)),
     })

@@ -1,9 +1,11 @@
 //! Launching `report -- CMD`: the child is forked and waits on a pipe until
 //! the probes are attached to it; then it execs CMD. An exec failure comes
 //! back on a second (close-on-exec) pipe as an errno, so the user gets one
-//! clear line. The child is ptrace-seized with only PTRACE_O_TRACEEXIT, so
-//! it stops once more just before its address space goes away at exit:
-//! memtrace then reads its maps to normalize the last stacks, and lets it go.
+//! clear line. The child's threads are ptrace-seized (never stopped except
+//! at the events below): at the leader's exit, before its address space
+//! goes away, memtrace reads its maps to normalize the last stacks; at an
+//! exec, before the new image runs, memtrace re-attaches its probes when a
+//! thread other than the leader exec'd.
 
 use std::{
     ffi::{CString, OsString},
@@ -21,6 +23,8 @@ pub struct Child {
     go: Option<OwnedFd>,
     exec_err: OwnedFd,
     traced: bool,
+    /// The thread held at an exit or exec stop.
+    stopped: Option<libc::pid_t>,
 }
 
 fn pipe(flags: libc::c_int) -> io::Result<(OwnedFd, OwnedFd)> {
@@ -83,19 +87,22 @@ pub fn spawn_suspended(argv: &[OsString]) -> Result<Child> {
         go: Some(go_w),
         exec_err: err_r,
         traced: false,
+        stopped: None,
     })
 }
 
 impl Child {
-    /// Stop the child once more at its exit, while its memory is intact.
-    pub fn trace_exit(&mut self) -> Result<()> {
+    /// Seize the child's threads (and the threads it creates, not its child
+    /// processes) for the leader's exit and for execs.
+    pub fn trace(&mut self) -> Result<()> {
+        let opts = libc::PTRACE_O_TRACEEXIT | libc::PTRACE_O_TRACEEXEC | libc::PTRACE_O_TRACECLONE;
         // SAFETY: plain ptrace request on our own child.
         let r = unsafe {
             libc::ptrace(
                 libc::PTRACE_SEIZE,
                 self.pid as libc::pid_t,
                 0usize,
-                libc::PTRACE_O_TRACEEXIT as usize,
+                opts as usize,
             )
         };
         if r != 0 {
@@ -145,99 +152,108 @@ impl Child {
         loop {
             // SAFETY: waiting for our own child.
             let r = unsafe { libc::waitpid(self.pid as libc::pid_t, &mut status, libc::__WALL) };
-            if r == self.pid as libc::pid_t
-                && (libc::WIFEXITED(status) || libc::WIFSIGNALED(status))
-            {
-                return Some(status);
-            }
             if r < 0 {
                 return None;
             }
+            if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
+                return Some(status);
+            }
             // A ptrace stop: let it go on.
-            self.resume(status);
+            self.resume(r, status);
         }
     }
 
-    /// Resume the child after a ptrace stop described by `status`.
-    fn resume(&self, status: libc::c_int) {
-        let pid = self.pid as libc::pid_t;
+    /// Resume thread `tid` after a ptrace stop described by `status`.
+    fn resume(&self, tid: libc::pid_t, status: libc::c_int) {
         let event = (status >> 16) & 0xff;
         let sig = libc::WSTOPSIG(status);
         // SAFETY: ptrace requests on our own stopped tracee.
         unsafe {
-            if event == libc::PTRACE_EVENT_STOP {
+            if event == libc::PTRACE_EVENT_STOP && sig != libc::SIGTRAP {
                 // Group-stop (SIGSTOP and friends): stay stopped, keep
                 // being notified.
-                libc::ptrace(libc::PTRACE_LISTEN, pid, 0usize, 0usize);
+                libc::ptrace(libc::PTRACE_LISTEN, tid, 0usize, 0usize);
             } else if event != 0 {
-                libc::ptrace(libc::PTRACE_CONT, pid, 0usize, 0usize);
+                // One of our events, or a new thread's first stop.
+                libc::ptrace(libc::PTRACE_CONT, tid, 0usize, 0usize);
             } else {
                 // Signal-delivery stop: deliver the signal.
-                libc::ptrace(libc::PTRACE_CONT, pid, 0usize, sig as usize);
+                libc::ptrace(libc::PTRACE_CONT, tid, 0usize, sig as usize);
             }
         }
     }
 
-    /// Non-blocking check of the child's state.
-    pub fn poll(&self) -> ChildState {
-        let mut status = 0;
-        // SAFETY: waiting for our own child, without blocking.
-        let r = unsafe {
-            libc::waitpid(
-                self.pid as libc::pid_t,
-                &mut status,
-                libc::WNOHANG | libc::__WALL,
-            )
-        };
-        if r <= 0 {
-            return if r < 0 {
-                ChildState::Gone(None)
-            } else {
-                ChildState::Running
-            };
+    /// Non-blocking check of the child's threads. Stops memtrace does not
+    /// act on are resumed at once.
+    pub fn poll(&mut self) -> ChildState {
+        loop {
+            let mut status = 0;
+            // SAFETY: waiting for our own child's threads, without blocking.
+            let tid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG | libc::__WALL) };
+            if tid == 0 {
+                return ChildState::Running;
+            }
+            if tid < 0 {
+                self.traced = false;
+                return ChildState::Gone(None);
+            }
+            if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
+                if tid as u32 == self.pid {
+                    self.traced = false;
+                    return ChildState::Gone(Some(status));
+                }
+                continue;
+            }
+            if !libc::WIFSTOPPED(status) {
+                continue;
+            }
+            match (status >> 16) & 0xff {
+                libc::PTRACE_EVENT_EXIT if tid as u32 == self.pid => {
+                    self.stopped = Some(tid);
+                    return ChildState::ExitStop;
+                }
+                libc::PTRACE_EVENT_EXEC => {
+                    let mut former: libc::c_ulong = 0;
+                    // SAFETY: reads the event message of our stopped tracee
+                    // into a valid c_ulong.
+                    unsafe {
+                        libc::ptrace(libc::PTRACE_GETEVENTMSG, tid, 0usize, &raw mut former);
+                    }
+                    self.stopped = Some(tid);
+                    return ChildState::ExecStop {
+                        former_tid: former as u32,
+                    };
+                }
+                _ => self.resume(tid, status),
+            }
         }
-        if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
-            return ChildState::Gone(Some(status));
-        }
-        if libc::WIFSTOPPED(status) && (status >> 16) & 0xff == libc::PTRACE_EVENT_EXIT {
-            return ChildState::ExitStop;
-        }
-        if libc::WIFSTOPPED(status) {
-            self.resume(status);
-        }
-        ChildState::Running
     }
 
-    /// Let the child finish exiting after an exit stop.
-    pub fn continue_exit(&self) {
-        // SAFETY: ptrace request on our own stopped tracee.
-        unsafe {
-            libc::ptrace(libc::PTRACE_CONT, self.pid as libc::pid_t, 0usize, 0usize);
-        }
-    }
-
-    /// Stop tracing the child (it keeps running).
-    pub fn detach(&mut self) {
-        if self.traced {
-            // PTRACE_DETACH needs a stopped tracee; interrupt it first.
-            // SAFETY: ptrace requests on our own tracee.
+    /// Resume the thread held at an exit or exec stop.
+    pub fn resume_stopped(&mut self) {
+        if let Some(tid) = self.stopped.take() {
+            // SAFETY: ptrace request on our own stopped tracee.
             unsafe {
-                let pid = self.pid as libc::pid_t;
-                libc::ptrace(libc::PTRACE_INTERRUPT, pid, 0usize, 0usize);
-                let mut status = 0;
-                libc::waitpid(pid, &mut status, libc::__WALL);
-                libc::ptrace(libc::PTRACE_DETACH, pid, 0usize, 0usize);
+                libc::ptrace(libc::PTRACE_CONT, tid, 0usize, 0usize);
             }
-            self.traced = false;
         }
+    }
+
+    pub fn traced(&self) -> bool {
+        self.traced
     }
 }
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum ChildState {
     Running,
-    /// Stopped at exit, memory intact; call `continue_exit`.
+    /// The leader is stopped at exit, memory intact; call `resume_stopped`.
     ExitStop,
+    /// A thread completed an exec and is stopped before the new image runs;
+    /// `former_tid` is its thread id before the exec. Call `resume_stopped`.
+    ExecStop {
+        former_tid: u32,
+    },
     /// Exited (with its wait status when known).
     Gone(Option<libc::c_int>),
 }

@@ -26,8 +26,10 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Read the maps of `pid`. A leader that exited before its other
+    /// threads has an empty map: read it through a live thread then.
     pub fn read(pid: u32) -> std::io::Result<Self> {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
+        let text = read_maps(pid)?;
         Ok(Self::parse(&text))
     }
 
@@ -59,6 +61,37 @@ impl Snapshot {
     }
 }
 
+/// The text of `pid`'s maps, through a live thread when the leader's is
+/// empty.
+pub fn read_maps(pid: u32) -> std::io::Result<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
+    if !text.is_empty() {
+        return Ok(text);
+    }
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))?.flatten() {
+        if let Ok(text) = std::fs::read_to_string(t.path().join("maps"))
+            && !text.is_empty()
+        {
+            return Ok(text);
+        }
+    }
+    Ok(text)
+}
+
+/// Whether `pid` is a kernel thread (PF_KTHREAD in its stat flags).
+pub fn is_kernel_thread(pid: u32) -> bool {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the parenthesised command: state is field 3, flags
+            // field 9.
+            let after = &s[s.rfind(')')? + 1..];
+            after.split_whitespace().nth(6)?.parse::<u64>().ok()
+        })
+        .is_some_and(|flags| flags & PF_KTHREAD != 0)
+}
+
 fn parse_line(line: &str) -> Option<Mapping> {
     let mut it = line.split_ascii_whitespace();
     let range = it.next()?;
@@ -85,10 +118,17 @@ fn parse_line(line: &str) -> Option<Mapping> {
     })
 }
 
-/// The executable behind `/proc/PID/exe`, if readable.
+/// The executable behind `/proc/PID/exe` (through a live thread when the
+/// leader has exited), if readable.
 pub fn exe(pid: u32) -> Option<String> {
-    std::fs::read_link(format!("/proc/{pid}/exe"))
-        .ok()
+    let link = |p: &Path| std::fs::read_link(p.join("exe")).ok();
+    link(Path::new(&format!("/proc/{pid}")))
+        .or_else(|| {
+            std::fs::read_dir(format!("/proc/{pid}/task"))
+                .ok()?
+                .flatten()
+                .find_map(|t| link(&t.path()))
+        })
         .map(|p| p.to_string_lossy().into_owned())
 }
 
@@ -101,6 +141,24 @@ pub fn comm(pid: u32) -> Option<String> {
 
 pub fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Whether any thread of `pid` is still running (not a zombie): the leader
+/// may have exited while other threads go on.
+pub fn has_live_threads(pid: u32) -> bool {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    dir.flatten().any(|t| {
+        std::fs::read_to_string(t.path().join("stat"))
+            .ok()
+            .and_then(|s| {
+                // The state follows the parenthesised command name.
+                let after = &s[s.rfind(')')? + 1..];
+                after.split_whitespace().next().map(str::to_string)
+            })
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
 }
 
 #[cfg(test)]

@@ -59,6 +59,16 @@ impl Stacks {
         v
     }
 
+    /// Take a snapshot of `pid`'s maps now, so frames of a process that
+    /// exits before its stacks are read still normalize against it.
+    pub fn prime(&mut self, pid: u32) {
+        if let Ok(s) = Snapshot::read(pid)
+            && !s.is_empty()
+        {
+            self.snapshots.insert(pid, s);
+        }
+    }
+
     /// Forget what was known of `pid`'s address space (it exec'd).
     pub fn forget_process(&mut self, pid: u32) {
         self.snapshots.remove(&pid);

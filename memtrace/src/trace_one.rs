@@ -8,7 +8,6 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use aya::programs::uprobe::UProbeScope;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
@@ -25,8 +24,6 @@ use crate::{
 
 /// How often the ring buffer is drained.
 const DRAIN_EVERY: Duration = Duration::from_millis(2);
-/// How often new stacks are read and normalized.
-const RESOLVE_EVERY: Duration = Duration::from_millis(50);
 
 pub fn run(args: ReportArgs, tuning: &Tuning) -> Result<()> {
     if args.pid.is_none() && args.command.is_empty() {
@@ -84,8 +81,11 @@ fn validate_pid(pid: u32) -> Result<u32> {
     if !procmaps::alive(pid) {
         bail!("no process with PID {pid}");
     }
-    if procmaps::exe(pid).is_none() {
-        bail!("PID {pid} is a kernel thread (or exiting): it has no user-space allocations");
+    if procmaps::is_kernel_thread(pid) {
+        bail!("PID {pid} is a kernel thread: it has no user-space allocations");
+    }
+    if !procmaps::has_live_threads(pid) {
+        bail!("PID {pid} is exiting (a zombie)");
     }
     Ok(pid)
 }
@@ -106,10 +106,40 @@ fn libraries_of(pid: u32) -> Result<(PathBuf, Option<PathBuf>)> {
     Ok((in_root(libc), cxx.map(in_root)))
 }
 
-fn scope(pid: u32) -> Result<UProbeScope> {
+fn scope(pid: u32) -> Result<probes::Scope> {
     NonZeroU32::new(pid)
-        .map(UProbeScope::OneProcess)
+        .map(probes::Scope::Process)
         .ok_or_else(|| anyhow!("invalid PID 0"))
+}
+
+/// Plan and attach every allocator probe for `pid`.
+fn attach(
+    loaded: &mut probes::Loaded,
+    pid: u32,
+    libs: &(PathBuf, Option<PathBuf>),
+) -> Result<probes::Links> {
+    let mut links = probes::Links::default();
+    let r = probes::attach_allocators(loaded, &libs.0, libs.1.as_deref(), scope(pid)?, &mut links);
+    match r {
+        Ok(_) => Ok(links),
+        Err(e) => {
+            links.detach(&mut loaded.ebpf);
+            Err(e)
+        }
+    }
+}
+
+/// Re-attach the probes of `pid`: a thread other than the leader exec'd,
+/// and PID-scoped links follow the leader they were made for.
+fn reattach(
+    loaded: &mut probes::Loaded,
+    links: &mut probes::Links,
+    pid: u32,
+    libs: &(PathBuf, Option<PathBuf>),
+) -> Result<()> {
+    std::mem::take(links).detach(&mut loaded.ebpf);
+    *links = attach(loaded, pid, libs).context("re-attaching after an exec from a thread")?;
+    Ok(())
 }
 
 async fn trace(
@@ -128,23 +158,17 @@ async fn trace(
         ring_bytes: tuning.ring_bytes,
         stack_entries: tuning.stack_entries,
     };
-    let mut ebpf = probes::load(&opts)?;
-    let (libc, cxx) = match &target {
+    let mut loaded = probes::load(&opts)?;
+    let libs = match &target {
         Target::Attach(pid) => libraries_of(*pid)?,
         Target::Launch(_) => (
             probes::host_libc()?,
             probes::find_in_lib_dirs("libstdc++.so.6"),
         ),
     };
-    let mut links = probes::Links::default();
-    let attached =
-        probes::attach_allocators(&mut ebpf, &libc, cxx.as_deref(), scope(pid)?, &mut links);
-    if let Err(e) = attached {
-        links.detach(&mut ebpf);
-        return Err(e);
-    }
-    probes::attach_lifecycle(&mut ebpf)?;
-    let mut col = Collector::new(&mut ebpf, Tracker::with_filter(vec![pid]))?;
+    let mut links = attach(&mut loaded, pid, &libs)?;
+    probes::attach_lifecycle(&mut loaded.ebpf)?;
+    let mut col = Collector::new(&mut loaded.ebpf, Tracker::with_filter(vec![pid]))?;
 
     let mut sigint = signal(SignalKind::interrupt()).context("installing signal handlers")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing signal handlers")?;
@@ -155,17 +179,17 @@ async fn trace(
     match &mut target {
         Target::Attach(pid) => {
             ident.refresh(*pid);
+            col.stacks.prime(*pid);
             eprintln!("memtrace: attached to PID {pid}");
         }
         Target::Launch(child) => {
-            child.trace_exit()?;
+            child.trace()?;
             child.release(prog)?;
         }
     }
     let deadline = duration.map(|d| started + d);
     let mut drain = tokio::time::interval(DRAIN_EVERY);
     drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_resolve = Instant::now();
     let mut interrupts = 0;
     let exited = loop {
         tokio::select! {
@@ -174,20 +198,21 @@ async fn trace(
             _ = sigterm.recv() => interrupts += 1,
             _ = sighup.recv() => interrupts += 1,
         }
-        col.drain();
-        if last_resolve.elapsed() >= RESOLVE_EVERY {
-            last_resolve = Instant::now();
+        if col.drain() > 0 {
+            // Normalize new stacks at once: the process may exit any time.
             col.resolve_new_stacks();
             ident.refresh(pid);
         }
         match &mut target {
             Target::Attach(pid) => {
+                if col.take_thread_execs().contains(pid) {
+                    reattach(&mut loaded, &mut links, *pid, &libs)?;
+                }
                 if interrupts > 0 || deadline.is_some_and(|d| Instant::now() >= d) {
                     break false;
                 }
-                if !procmaps::alive(*pid)
-                    || col.tracker.get(*pid).is_some_and(|p| p.exited_ns.is_some())
-                {
+                let frozen = col.tracker.get(*pid).is_some_and(|p| p.exited_ns.is_some());
+                if frozen || !procmaps::has_live_threads(*pid) {
                     break true;
                 }
             }
@@ -195,7 +220,6 @@ async fn trace(
                 // The command got the terminal's SIGINT too: wait for it to
                 // exit, unless the user insists.
                 if interrupts > 1 {
-                    child.detach();
                     break false;
                 }
                 match child.poll() {
@@ -206,8 +230,16 @@ async fn trace(
                         col.drain();
                         col.resolve_new_stacks();
                         ident.refresh(pid);
-                        child.continue_exit();
+                        child.resume_stopped();
                     }
+                    ChildState::ExecStop { former_tid } => {
+                        if former_tid != pid {
+                            reattach(&mut loaded, &mut links, pid, &libs)?;
+                        }
+                        child.resume_stopped();
+                    }
+                    // The leader is gone but other threads go on.
+                    ChildState::Gone(_) if procmaps::has_live_threads(pid) => {}
                     ChildState::Gone(_) => break true,
                 }
             }
@@ -219,13 +251,13 @@ async fn trace(
         ident.refresh(pid);
     }
     // Leave the traced process alone as soon as possible.
-    links.detach(&mut ebpf);
+    links.detach(&mut loaded.ebpf);
     col.drain();
+    col.resolve_new_stacks();
     let now_ns = system::monotonic_ns();
     let kc = col.kernel_counters();
-    let proc_state = col.tracker.get(pid);
     let empty;
-    let p = match proc_state {
+    let p = match col.tracker.get(pid) {
         Some(p) => p,
         None => {
             empty = crate::tracker::Process::new(pid, now_ns);

@@ -1,11 +1,14 @@
 //! Loading the eBPF object and attaching its programs.
 
 pub mod elf;
+mod multi;
 pub mod prologue;
 
 use std::{
     collections::HashSet,
     io,
+    num::NonZeroU32,
+    os::fd::OwnedFd,
     path::{Path, PathBuf},
 };
 
@@ -14,11 +17,11 @@ use aya::{
     Ebpf, EbpfLoader,
     programs::{
         ProgramError, RawTracePoint, UProbe,
-        uprobe::{UProbeAttachLocation, UProbeError, UProbeLinkId, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeError, UProbeLinkId, UProbeScope},
     },
 };
 use memtrace_common::{
-    GLOBAL_FLOOR_ONLY, GLOBAL_SELF_TGID, GLOBAL_TARGET_TGID, MAP_EVENTS, MAP_STACKS,
+    GLOBAL_FLOOR_ONLY, GLOBAL_SELF_TGID, GLOBAL_TARGET_TGID, MAP_EVENTS, MAP_STACKS, func,
 };
 
 use self::{elf::ElfSyms, prologue::Choice};
@@ -30,54 +33,72 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 pub struct ProbeSpec {
     /// Symbol names to try, in order (aliases share an address).
     pub symbols: &'static [&'static str],
-    /// The entry program.
-    pub entry: &'static str,
-    /// Whether the shared return program is attached too.
+    /// `memtrace_common::func::*`, passed to the entry program as cookie.
+    pub func: u16,
+    /// Whether the return program is attached too.
     pub ret: bool,
 }
 
-const fn spec(symbols: &'static [&'static str], entry: &'static str, ret: bool) -> ProbeSpec {
-    ProbeSpec {
-        symbols,
-        entry,
-        ret,
-    }
+const fn spec(symbols: &'static [&'static str], func: u16, ret: bool) -> ProbeSpec {
+    ProbeSpec { symbols, func, ret }
 }
 
 /// The C library's allocator and mapping functions. reallocarray is not
 /// here: glibc's tail-calls realloc, whose probes see it.
 pub const LIBC: &[ProbeSpec] = &[
-    spec(&["malloc"], "malloc_enter", true),
-    spec(&["calloc"], "calloc_enter", true),
-    spec(&["realloc"], "realloc_enter", true),
-    spec(&["free"], "free_enter", false),
-    spec(&["posix_memalign"], "posix_memalign_enter", true),
-    spec(&["aligned_alloc"], "memalign_enter", true),
-    spec(&["memalign"], "memalign_enter", true),
-    spec(&["valloc"], "valloc_enter", true),
-    spec(&["pvalloc"], "pvalloc_enter", true),
-    spec(&["mmap64", "mmap"], "mmap_enter", true),
-    spec(&["munmap"], "munmap_enter", false),
-    spec(&["mremap"], "mremap_enter", true),
+    spec(&["malloc"], func::MALLOC, true),
+    spec(&["calloc"], func::CALLOC, true),
+    spec(&["realloc"], func::REALLOC, true),
+    spec(&["free"], func::FREE, false),
+    spec(&["posix_memalign"], func::POSIX_MEMALIGN, true),
+    spec(&["aligned_alloc"], func::ALIGNED_ALLOC, true),
+    spec(&["memalign"], func::MEMALIGN, true),
+    spec(&["valloc"], func::VALLOC, true),
+    spec(&["pvalloc"], func::PVALLOC, true),
+    spec(&["mmap64", "mmap"], func::MMAP, true),
+    spec(&["munmap"], func::MUNMAP, false),
+    spec(&["mremap"], func::MREMAP, true),
 ];
 
-/// libstdc++'s operator new (plain and aligned): no frame pointer, so its
-/// own entry records the caller for the malloc it makes.
+/// libstdc++'s operator new (plain, nothrow, aligned): no frame pointer,
+/// so its own entry records the caller for the malloc it makes. The array
+/// forms `_Znam`/`_ZnamSt11align_val_t` tail-jump to these and need no
+/// probe of their own.
 pub const CXX: &[ProbeSpec] = &[
-    spec(&["_Znwm"], "cxx_new_enter", false),
-    spec(&["_ZnwmSt11align_val_t"], "cxx_new_enter", false),
+    spec(&["_Znwm"], func::CXX_NEW, false),
+    spec(&["_ZnwmRKSt9nothrow_t"], func::CXX_NEW, false),
+    spec(&["_ZnamRKSt9nothrow_t"], func::CXX_NEW, false),
+    spec(&["_ZnwmSt11align_val_t"], func::CXX_NEW, false),
+    spec(
+        &["_ZnwmSt11align_val_tRKSt9nothrow_t"],
+        func::CXX_NEW,
+        false,
+    ),
+    spec(
+        &["_ZnamSt11align_val_tRKSt9nothrow_t"],
+        func::CXX_NEW,
+        false,
+    ),
 ];
 
+const ENTRY_PROGRAM: &str = "alloc_enter";
 const RET_PROGRAM: &str = "alloc_ret";
 
-/// Where one probe was planted.
+/// Where one probe goes.
 #[derive(Clone, Debug)]
 pub struct Planned {
     pub symbol: &'static str,
-    pub entry: &'static str,
+    pub func: u16,
     pub ret: bool,
     pub file_offset: u64,
     pub choice: Choice,
+}
+
+impl Planned {
+    /// The entry program's cookie: function id, and the stack delta.
+    fn cookie(&self) -> u64 {
+        u64::from(self.func) | (self.choice.sp_delta & 0xff) << 16
+    }
 }
 
 /// Decide where to plant each probe of `specs` in `lib`. Symbols that are
@@ -103,10 +124,10 @@ pub fn plan(lib: &Path, specs: &[ProbeSpec]) -> Result<(Vec<Planned>, Vec<&'stat
         if !seen.insert(sym.file_offset) {
             continue;
         }
-        let choice = prologue::choose(elf.code(sym, 32));
+        let choice = prologue::choose(elf.code(sym, 32), !s.ret);
         planned.push(Planned {
             symbol,
-            entry: s.entry,
+            func: s.func,
             ret: s.ret,
             file_offset: sym.file_offset + choice.offset,
             choice,
@@ -138,7 +159,7 @@ impl Default for LoadOptions {
 }
 
 /// Load the eBPF object with `opts` and load (not attach) its programs.
-pub fn load(opts: &LoadOptions) -> Result<Ebpf> {
+pub fn load(opts: &LoadOptions) -> Result<Loaded> {
     let self_tgid = std::process::id();
     let floor = u32::from(opts.floor_only);
     let target = opts.target_tgid;
@@ -153,18 +174,52 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf> {
         .load(EBPF_OBJECT)
         .context("loading the eBPF object")?;
     let names: Vec<String> = ebpf.programs().map(|(n, _)| n.to_string()).collect();
-    for name in names {
-        let prog = ebpf
-            .program_mut(&name)
-            .ok_or_else(|| anyhow!("program {name} vanished"))?;
-        match prog {
-            aya::programs::Program::UProbe(p) => p.load(),
-            aya::programs::Program::RawTracePoint(p) => p.load(),
-            _ => continue,
+    for name in &names {
+        if let Some(aya::programs::Program::RawTracePoint(p)) = ebpf.program_mut(name) {
+            p.load()
+                .with_context(|| format!("loading eBPF program {name}"))?;
         }
-        .with_context(|| format!("loading eBPF program {name} (verifier rejected it?)"))?;
     }
-    Ok(ebpf)
+    // uprobe_multi programs when the kernel has them (6.6+), else aya's
+    // perf-event uprobes.
+    let uprobes = match multi::load_programs(&ebpf, EBPF_OBJECT, &[ENTRY_PROGRAM, RET_PROGRAM]) {
+        Ok(mut fds) if fds.len() == 2 => {
+            let ret = fds.pop();
+            let entry = fds.pop();
+            match (entry, ret) {
+                (Some(entry), Some(ret)) => UProbes::Multi { entry, ret },
+                _ => unreachable_two(),
+            }
+        }
+        Ok(_) | Err(_) => {
+            for name in [ENTRY_PROGRAM, RET_PROGRAM] {
+                uprobe(&mut ebpf, name)?
+                    .load()
+                    .with_context(|| format!("loading eBPF program {name}"))?;
+            }
+            UProbes::Perf
+        }
+    };
+    Ok(Loaded { ebpf, uprobes })
+}
+
+#[cold]
+fn unreachable_two() -> UProbes {
+    UProbes::Perf
+}
+
+/// How the uprobe programs are attached.
+pub enum UProbes {
+    /// One uprobe_multi link per library and direction.
+    Multi { entry: OwnedFd, ret: OwnedFd },
+    /// aya's perf-event uprobes, one per offset.
+    Perf,
+}
+
+/// The loaded object and how its uprobes attach.
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    pub uprobes: UProbes,
 }
 
 fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe> {
@@ -176,52 +231,102 @@ fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe> {
 
 /// The uprobe links memtrace holds, so they can be detached quickly.
 #[derive(Default)]
-pub struct Links(Vec<(&'static str, UProbeLinkId)>);
+pub struct Links {
+    perf: Vec<(&'static str, UProbeLinkId)>,
+    multi: Vec<OwnedFd>,
+}
 
 impl Links {
-    /// Detach every link. Each uprobe detach waits for an RCU grace period
-    /// (~250 ms in a VM); closing them from parallel threads lets the
-    /// grace periods overlap, so detaching all takes about one.
+    /// Detach every link. Each detach waits for an RCU grace period (~90 ms
+    /// in a VM): uprobe_multi links pay it once per link, and are closed
+    /// from parallel threads so their waits overlap.
     pub fn detach(self, ebpf: &mut Ebpf) {
-        let mut owned = Vec::with_capacity(self.0.len());
-        for (prog, id) in self.0 {
+        let mut perf = Vec::with_capacity(self.perf.len());
+        for (prog, id) in self.perf {
             if let Ok(p) = uprobe(ebpf, prog)
                 && let Ok(link) = p.take_link(id)
             {
-                owned.push(link);
+                perf.push(link);
             }
         }
         std::thread::scope(|s| {
-            for link in owned {
+            for link in self.multi {
+                s.spawn(move || drop(link));
+            }
+            for link in perf {
                 s.spawn(move || drop(link));
             }
         });
     }
 }
 
+/// Which processes the probes fire for.
+#[derive(Clone, Copy, Debug)]
+pub enum Scope {
+    All,
+    Process(NonZeroU32),
+}
+
 /// Attach the planned probes to `lib` for `scope`.
 pub fn attach(
-    ebpf: &mut Ebpf,
+    loaded: &mut Loaded,
     lib: &Path,
     planned: &[Planned],
-    scope: UProbeScope,
+    scope: Scope,
     links: &mut Links,
 ) -> Result<()> {
-    for p in planned {
-        let at = || UProbeAttachLocation::AbsoluteOffset(p.file_offset);
-        let explain = |e: ProgramError| explain_attach(e, p.symbol, lib);
-        let id = uprobe(ebpf, p.entry)?
-            .attach(at(), lib, scope)
-            .map_err(explain)?;
-        links.0.push((p.entry, id));
-        if p.ret {
-            let id = uprobe(ebpf, RET_PROGRAM)?
-                .attach(at(), lib, scope)
-                .map_err(explain)?;
-            links.0.push((RET_PROGRAM, id));
+    let explain = |e: ProgramError, what: &str| explain_attach(e, what, lib);
+    match &loaded.uprobes {
+        UProbes::Multi { entry, ret } => {
+            let offsets: Vec<u64> = planned.iter().map(|p| p.file_offset).collect();
+            let cookies: Vec<u64> = planned.iter().map(Planned::cookie).collect();
+            let pid = match scope {
+                Scope::All => 0,
+                Scope::Process(p) => p.get(),
+            };
+            let link = multi::attach(entry, lib, &offsets, &cookies, false, pid)
+                .map_err(|e| explain(io_program_error(e), "allocator entries"))?;
+            links.multi.push(link);
+            let rets: Vec<&Planned> = planned.iter().filter(|p| p.ret).collect();
+            if !rets.is_empty() {
+                let offsets: Vec<u64> = rets.iter().map(|p| p.file_offset).collect();
+                let cookies: Vec<u64> = rets.iter().map(|p| p.cookie()).collect();
+                let link = multi::attach(ret, lib, &offsets, &cookies, true, pid)
+                    .map_err(|e| explain(io_program_error(e), "allocator returns"))?;
+                links.multi.push(link);
+            }
+        }
+        UProbes::Perf => {
+            let scope = match scope {
+                Scope::All => UProbeScope::AllProcesses,
+                Scope::Process(p) => UProbeScope::OneProcess(p),
+            };
+            for p in planned {
+                let at = || UProbeAttachPoint {
+                    location: UProbeAttachLocation::AbsoluteOffset(p.file_offset),
+                    cookie: Some(p.cookie()),
+                };
+                let id = uprobe(&mut loaded.ebpf, ENTRY_PROGRAM)?
+                    .attach(at(), lib, scope)
+                    .map_err(|e| explain(e, p.symbol))?;
+                links.perf.push((ENTRY_PROGRAM, id));
+                if p.ret {
+                    let id = uprobe(&mut loaded.ebpf, RET_PROGRAM)?
+                        .attach(at(), lib, scope)
+                        .map_err(|e| explain(e, p.symbol))?;
+                    links.perf.push((RET_PROGRAM, id));
+                }
+            }
         }
     }
     Ok(())
+}
+
+fn io_program_error(e: io::Error) -> ProgramError {
+    ProgramError::SyscallError(aya::sys::SyscallError {
+        call: "bpf_link_create",
+        io_error: e,
+    })
 }
 
 fn explain_attach(e: ProgramError, symbol: &str, lib: &Path) -> anyhow::Error {
@@ -244,20 +349,23 @@ fn explain_attach(e: ProgramError, symbol: &str, lib: &Path) -> anyhow::Error {
     }
 }
 
-/// Attach the process lifecycle tracepoints (exec, exit).
-pub fn attach_lifecycle(ebpf: &mut Ebpf) -> Result<()> {
-    for (prog, tp) in [
-        ("sched_exec", "sched_process_exec"),
-        ("sched_exit", "sched_process_exit"),
-    ] {
-        let p: &mut RawTracePoint = ebpf
-            .program_mut(prog)
-            .ok_or_else(|| anyhow!("eBPF program {prog} missing"))?
-            .try_into()?;
-        p.attach(tp)
-            .with_context(|| format!("attaching raw tracepoint {tp}"))?;
-    }
+fn raw_tp(ebpf: &mut Ebpf, prog: &str, tp: &str) -> Result<()> {
+    let p: &mut RawTracePoint = ebpf
+        .program_mut(prog)
+        .ok_or_else(|| anyhow!("eBPF program {prog} missing"))?
+        .try_into()?;
+    p.attach(tp)
+        .with_context(|| format!("attaching raw tracepoint {tp}"))?;
     Ok(())
+}
+
+/// Attach the process lifecycle tracepoints (exec, exit). The exit program
+/// that reads `group_dead` needs kernel 6.16+; older kernels get the one
+/// that takes the leader's exit for the process's.
+pub fn attach_lifecycle(ebpf: &mut Ebpf) -> Result<()> {
+    raw_tp(ebpf, "sched_exec", "sched_process_exec")?;
+    raw_tp(ebpf, "sched_exit", "sched_process_exit")
+        .or_else(|_| raw_tp(ebpf, "sched_exit_leader", "sched_process_exit"))
 }
 
 /// Standard library directories, in the dynamic loader's search order.
@@ -286,7 +394,7 @@ pub fn find_in_lib_dirs(name: &str) -> Option<PathBuf> {
 
 /// The path of a library named `base` (e.g. `libc.so.6`) mapped by `pid`.
 pub fn mapped_library(pid: u32, base: &str) -> io::Result<Option<PathBuf>> {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
+    let maps = crate::procmaps::read_maps(pid)?;
     Ok(maps
         .lines()
         .filter_map(|l| l.split_whitespace().nth(5))
@@ -297,10 +405,10 @@ pub fn mapped_library(pid: u32, base: &str) -> io::Result<Option<PathBuf>> {
 /// Plan and attach every allocator probe for a process whose C library is
 /// `libc` and whose C++ runtime (if any) is `libstdcxx`.
 pub fn attach_allocators(
-    ebpf: &mut Ebpf,
+    loaded: &mut Loaded,
     libc: &Path,
     libstdcxx: Option<&Path>,
-    scope: UProbeScope,
+    scope: Scope,
     links: &mut Links,
 ) -> Result<Vec<(PathBuf, Planned)>> {
     let mut all = Vec::new();
@@ -311,11 +419,11 @@ pub fn attach_allocators(
             libc.display()
         );
     }
-    attach(ebpf, libc, &planned, scope, links)?;
+    attach(loaded, libc, &planned, scope, links)?;
     all.extend(planned.into_iter().map(|p| (libc.to_path_buf(), p)));
     if let Some(cxx) = libstdcxx {
         let (planned, _) = plan(cxx, CXX)?;
-        attach(ebpf, cxx, &planned, scope, links)?;
+        attach(loaded, cxx, &planned, scope, links)?;
         all.extend(planned.into_iter().map(|p| (cxx.to_path_buf(), p)));
     }
     Ok(all)

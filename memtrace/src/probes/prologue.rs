@@ -19,6 +19,9 @@ pub struct Choice {
     pub offset: u64,
     /// Whether the probed instruction is one the kernel emulates.
     pub emulated: bool,
+    /// How far the stack pointer at the probe is below the entry one (only
+    /// nonzero for entry-only probes, which may skip `sub $n, %rsp`).
+    pub sp_delta: u64,
 }
 
 /// Decode the instruction at the start of `code`: `Some(len)` if it is a
@@ -69,25 +72,42 @@ fn emulated(code: &[u8]) -> bool {
     }
 }
 
+/// `sub $imm8, %rsp`: the stack adjustment it makes.
+fn stack_sub(code: &[u8]) -> Option<u64> {
+    match code {
+        [0x48, 0x83, 0xec, imm, ..] if *imm < 0x80 => Some(u64::from(*imm)),
+        _ => None,
+    }
+}
+
 /// Pick the probe offset for a function whose first bytes are `code`.
-pub fn choose(code: &[u8]) -> Choice {
+/// `entry_only`: no return probe goes there, so the walk may also skip a
+/// stack adjustment (the program is told the delta).
+pub fn choose(code: &[u8], entry_only: bool) -> Choice {
     let mut off = 0;
+    let mut sp_delta = 0;
     while off <= MAX_SKIP && off < code.len() {
         let rest = &code[off..];
         if emulated(rest) {
             return Choice {
                 offset: off as u64,
                 emulated: true,
+                sp_delta,
             };
         }
-        match harmless_len(rest) {
-            Some(n) => off += n,
-            None => break,
+        if let Some(n) = harmless_len(rest) {
+            off += n;
+        } else if let Some(d) = stack_sub(rest).filter(|_| entry_only) {
+            sp_delta += d;
+            off += 4;
+        } else {
+            break;
         }
     }
     Choice {
         offset: 0,
         emulated: emulated(code),
+        sp_delta: 0,
     }
 }
 
@@ -95,43 +115,38 @@ pub fn choose(code: &[u8]) -> Choice {
 mod tests {
     use super::*;
 
-    // First bytes of glibc 2.36 (Debian 12) functions.
+    fn at(offset: u64) -> Choice {
+        Choice {
+            offset,
+            emulated: true,
+            sp_delta: 0,
+        }
+    }
+    const SLOW: Choice = Choice {
+        offset: 0,
+        emulated: false,
+        sp_delta: 0,
+    };
+
+    // First bytes of glibc 2.36 (Debian 12) and libstdc++ 12 functions.
     #[test]
     fn glibc_malloc_push_at_zero() {
         // push %r12; push %rbp
-        assert_eq!(
-            choose(&[0x41, 0x54, 0x55]),
-            Choice {
-                offset: 0,
-                emulated: true
-            }
-        );
+        assert_eq!(choose(&[0x41, 0x54, 0x55], false), at(0));
     }
 
     #[test]
     fn glibc_free_skips_test() {
         // test %rdi,%rdi; je ...
-        let c = choose(&[0x48, 0x85, 0xff, 0x0f, 0x84, 0xbf, 0, 0, 0]);
-        assert_eq!(
-            c,
-            Choice {
-                offset: 3,
-                emulated: true
-            }
-        );
+        let c = choose(&[0x48, 0x85, 0xff, 0x0f, 0x84, 0xbf, 0, 0, 0], true);
+        assert_eq!(c, at(3));
     }
 
     #[test]
     fn glibc_memalign_skips_cmpb_rip() {
         // cmpb $0x0,0x140e71(%rip); je +7
-        let c = choose(&[0x80, 0x3d, 0x71, 0x0e, 0x14, 0x00, 0x00, 0x74, 0x07]);
-        assert_eq!(
-            c,
-            Choice {
-                offset: 7,
-                emulated: true
-            }
-        );
+        let code = [0x80, 0x3d, 0x71, 0x0e, 0x14, 0x00, 0x00, 0x74, 0x07];
+        assert_eq!(choose(&code, false), at(7));
     }
 
     #[test]
@@ -140,13 +155,13 @@ mod tests {
         let code = [
             0x41, 0x89, 0xca, 0x41, 0xf7, 0xc1, 0xff, 0x0f, 0, 0, 0x75, 0x14,
         ];
-        assert_eq!(
-            choose(&code),
-            Choice {
-                offset: 10,
-                emulated: true
-            }
-        );
+        assert_eq!(choose(&code, false), at(10));
+    }
+
+    #[test]
+    fn glibc_munmap_syscall_stub_is_single_stepped() {
+        // mov $0xb,%eax; syscall
+        assert_eq!(choose(&[0xb8, 0x0b, 0, 0, 0, 0x0f, 0x05], true), SLOW);
     }
 
     #[test]
@@ -155,49 +170,39 @@ mod tests {
         let code = [
             0xf3, 0x0f, 0x1e, 0xfa, 0x48, 0x85, 0xff, 0xb8, 1, 0, 0, 0, 0x53,
         ];
-        assert_eq!(
-            choose(&code),
-            Choice {
-                offset: 12,
-                emulated: true
-            }
-        );
+        assert_eq!(choose(&code, true), at(12));
     }
 
     #[test]
-    fn stack_adjustment_stops_the_walk() {
-        // sub $0x58,%rsp: moves rsp, so nothing after it is safe.
-        let c = choose(&[0x48, 0x83, 0xec, 0x58, 0x55]);
-        assert_eq!(
-            c,
-            Choice {
-                offset: 0,
-                emulated: false
-            }
-        );
+    fn stack_adjustment_stops_the_walk_with_a_return_probe() {
+        // sub $0x58,%rsp: a return probe after it would not find the return
+        // address at [rsp].
+        assert_eq!(choose(&[0x48, 0x83, 0xec, 0x58, 0x55], false), SLOW);
+    }
+
+    #[test]
+    fn cxx_nothrow_new_skips_stack_adjustment_for_entry_probe() {
+        // endbr64; sub $0x8,%rsp; call _Znwm
+        let code = [
+            0xf3, 0x0f, 0x1e, 0xfa, 0x48, 0x83, 0xec, 0x08, 0xe8, 0, 0, 0, 0,
+        ];
+        let want = Choice {
+            offset: 8,
+            emulated: true,
+            sp_delta: 8,
+        };
+        assert_eq!(choose(&code, true), want);
     }
 
     #[test]
     fn argument_write_stops_the_walk() {
         // mov %rsi,%rax; mul %rdx (writes rdx, an argument); jo
-        let c = choose(&[0x48, 0x89, 0xf0, 0x48, 0xf7, 0xe2, 0x70, 0x05]);
-        assert_eq!(
-            c,
-            Choice {
-                offset: 0,
-                emulated: false
-            }
-        );
+        let code = [0x48, 0x89, 0xf0, 0x48, 0xf7, 0xe2, 0x70, 0x05];
+        assert_eq!(choose(&code, true), SLOW);
     }
 
     #[test]
     fn empty_code() {
-        assert_eq!(
-            choose(&[]),
-            Choice {
-                offset: 0,
-                emulated: false
-            }
-        );
+        assert_eq!(choose(&[], true), SLOW);
     }
 }

@@ -19,6 +19,17 @@ fn page_up(x: u64) -> u64 {
     x.saturating_add(PAGE - 1) & !(PAGE - 1)
 }
 
+/// A successful mremap call.
+#[derive(Clone, Copy, Debug)]
+pub struct Mremap {
+    pub old: u64,
+    pub old_len: u64,
+    pub new: u64,
+    pub new_len: u64,
+    pub stack: StackRef,
+    pub ts: u64,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Region {
     pub start: u64,
@@ -153,18 +164,20 @@ impl Process {
     }
 
     /// Move/resize the tracked region at `old` (untracked memory is not
-    /// ours, and stays ignored). The moved region keeps its stack and age.
-    pub fn mremap(&mut self, old: u64, old_len: u64, new: u64, new_len: u64, ts: u64) {
-        self.last_ns = self.last_ns.max(ts);
-        let Some(&r) = self.regions.containing(old) else {
-            return;
-        };
-        self.cut(old, old.saturating_add(page_up(old_len)));
-        if new_len == 0 {
+    /// ours, and stays ignored). As with realloc, the resized region belongs
+    /// to the mremap call site from now on.
+    pub fn mremap(&mut self, m: Mremap) {
+        self.last_ns = self.last_ns.max(m.ts);
+        if self.regions.containing(m.old).is_none() {
             return;
         }
-        let end = new.saturating_add(page_up(new_len));
-        self.cut(new, end);
-        self.insert_region(new, end, new.saturating_add(new_len), r.ts_ns, r.stack);
+        self.cut(m.old, m.old.saturating_add(page_up(m.old_len)));
+        if m.new_len == 0 {
+            return;
+        }
+        let end = m.new.saturating_add(page_up(m.new_len));
+        self.cut(m.new, end);
+        let idx = self.stack_idx(m.stack, Kind::Mmap);
+        self.insert_region(m.new, end, m.new.saturating_add(m.new_len), m.ts, idx);
     }
 }

@@ -105,10 +105,18 @@ impl Tracker {
                 old_len,
                 addr,
                 len,
+                stack,
                 ..
             } => {
                 if let Some(p) = self.live.get_mut(&meta.pid) {
-                    p.mremap(old_addr, old_len, addr, len, ts);
+                    p.mremap(mmap::Mremap {
+                        old: old_addr,
+                        old_len,
+                        new: addr,
+                        new_len: len,
+                        stack,
+                        ts,
+                    });
                 }
             }
             Event::Exec { .. } => self.on_exec(meta.pid, ts),

@@ -125,7 +125,10 @@ fn reused_address_counts_missed_free() {
 #[test]
 fn exec_starts_afresh_and_exit_freezes() {
     let mut t = run(&[alloc(0x10, 8, S1)]);
-    t.on_event(&Event::Exec { meta: meta(5) });
+    t.on_event(&Event::Exec {
+        meta: meta(5),
+        old_tid: P,
+    });
     t.on_event(&alloc(0x20, 3, S2));
     t.on_event(&Event::Exit { meta: meta(9) });
     assert_eq!(t.live().count(), 0);
@@ -205,7 +208,7 @@ fn file_mapping_not_tracked_but_overlays_cut() {
 }
 
 #[test]
-fn mremap_moves_and_keeps_stack() {
+fn mremap_moves_to_the_mremap_call_site() {
     let (a, b) = (0x7f00_0000_0000, 0x7f10_0000_0000);
     let t = run(&[
         mmap(a, 2 * PG, S1),
@@ -219,14 +222,13 @@ fn mremap_moves_and_keeps_stack() {
         },
     ]);
     let p = proc_of(&t);
-    assert_eq!(held(p, S1, Kind::Mmap), (8 * PG, 1));
-    assert_eq!(held(p, S2, Kind::Mmap), (0, 0));
+    assert_eq!(held(p, S1, Kind::Mmap), (0, 0));
+    assert_eq!(held(p, S2, Kind::Mmap), (8 * PG, 1));
     assert_eq!(
         (p.outstanding_bytes, p.outstanding_allocations),
         (8 * PG, 1)
     );
-    // The moved region keeps its original age.
-    assert_eq!(p.oldest_ns(), Some(1));
+    assert_eq!(p.oldest_ns(), Some(5));
 }
 
 #[test]
