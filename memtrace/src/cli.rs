@@ -76,6 +76,15 @@ pub struct DashboardArgs {
     /// Refresh interval of the dashboard (e.g. 1s, 500ms).
     #[arg(short = 'd', long = "delay", value_name = "DURATION", value_parser = parse_duration, default_value = "1s")]
     pub delay: Duration,
+
+    /// Format of the reports written by the dashboard's `d` key.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub dump_format: Format,
+
+    /// Run the dashboard's data path without a terminal for DURATION, then
+    /// print a JSON summary (benchmarks, soak tests).
+    #[arg(long, hide = true, value_name = "DURATION", value_parser = parse_duration)]
+    pub headless: Option<Duration>,
 }
 
 /// Knobs for benchmarks and debugging.

@@ -7,6 +7,7 @@
 
 mod cli;
 mod collect;
+mod dashboard;
 mod decode;
 mod launch;
 mod output;
@@ -61,7 +62,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Some(Command::Report(args)) => trace_one::run(args, &cli.tuning),
         Some(Command::Probes { lib }) => show_probes(lib),
-        None => anyhow::bail!("the dashboard is not built yet; use `memtrace report`"),
+        None => dashboard::run(cli.dashboard, &cli.tuning),
     }
 }
 

@@ -292,7 +292,8 @@ async fn trace(
         stack_failures: kc.stack_fail + col.stacks.fetch_failures,
     };
     let mut symbols = Symbols::default();
-    Ok(report::build(p, &col.stacks, &mut symbols, meta, losses))
+    let input = report::input_of(p, &col.stacks, usize::MAX);
+    Ok(report::build(&input, &mut symbols, meta, losses))
 }
 
 fn short_name(prog: &str) -> String {

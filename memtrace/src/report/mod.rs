@@ -10,8 +10,9 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use crate::{
+    procmaps::FileAddr,
     stacks::Stacks,
-    symbolize::{Symbols, is_allocator_frame},
+    symbolize::{Symbol, Symbols, is_allocator_frame},
     tracker::{Kind, Process},
 };
 
@@ -109,55 +110,115 @@ pub struct Meta {
     pub notes: Vec<String>,
 }
 
-/// Build the report of `p`. Stacks that symbolize to the same frames are
-/// merged; allocator frames are dropped; stacks are ordered by outstanding
-/// bytes, largest first.
-pub fn build(
-    p: &Process,
-    stacks: &Stacks,
-    symbols: &mut Symbols,
-    meta: Meta,
-    losses: Losses,
-) -> Report {
+/// A process's numbers and raw frames, gathered without symbols (cheap,
+/// owned: it can be symbolized and rendered on another thread).
+#[derive(Clone, Debug, Default)]
+pub struct Input {
+    pub outstanding_bytes: u64,
+    pub outstanding_allocations: u64,
+    pub counters: crate::tracker::ProcCounters,
+    pub stacks: Vec<InputStack>,
+}
+
+#[derive(Clone, Debug)]
+pub struct InputStack {
+    pub kind: Kind,
+    pub outstanding_bytes: u64,
+    pub outstanding_allocations: u64,
+    pub oldest_ns: Option<u64>,
+    /// Innermost first: (return address, its normalized file address).
+    pub frames: Vec<(u64, Option<FileAddr>)>,
+}
+
+/// Gather `p`'s stacks that still hold memory, largest first, at most
+/// `limit` of them.
+pub fn input_of(p: &Process, stacks: &Stacks, limit: usize) -> Input {
     let oldest = p.oldest_per_stack();
-    let held: Vec<usize> = (0..p.stacks.len())
+    let mut held: Vec<usize> = (0..p.stacks.len())
         .filter(|&i| p.stacks[i].outstanding_allocations > 0)
         .collect();
-
-    let raw: Vec<Vec<u64>> = held
-        .iter()
-        .map(|&i| stacks.frames(p.stacks[i].stack))
+    held.sort_by_key(|&i| std::cmp::Reverse(p.stacks[i].outstanding_bytes));
+    held.truncate(limit);
+    let stacks = held
+        .into_iter()
+        .map(|i| {
+            let agg = &p.stacks[i];
+            InputStack {
+                kind: agg.kind,
+                outstanding_bytes: agg.outstanding_bytes,
+                outstanding_allocations: agg.outstanding_allocations,
+                oldest_ns: oldest[i],
+                frames: stacks
+                    .frames(agg.stack)
+                    .into_iter()
+                    .map(|ip| (ip, stacks.file_addr(p.pid, ip).cloned()))
+                    .collect(),
+            }
+        })
         .collect();
-    symbols.resolve(
-        raw.iter()
-            .flatten()
-            .filter_map(|&ip| stacks.file_addr(p.pid, ip)),
-    );
+    Input {
+        outstanding_bytes: p.outstanding_bytes,
+        outstanding_allocations: p.outstanding_allocations,
+        counters: p.counters,
+        stacks,
+    }
+}
 
+/// The frames of `st` as shown: symbolized, allocator frames dropped (but
+/// at least one frame kept).
+pub fn frames_of(
+    st: &InputStack,
+    symbols: &impl Fn(&FileAddr) -> Option<Symbol>,
+) -> Vec<(u64, Frame)> {
+    let mut frames: Vec<(u64, Frame)> = st
+        .frames
+        .iter()
+        .map(|(ip, fa)| {
+            let sym = fa.as_ref().and_then(symbols).unwrap_or_default();
+            let f = Frame {
+                ip: format!("{ip:#x}"),
+                function: sym.function,
+                file: sym.file,
+                line: sym.line,
+                module: fa.as_ref().map(|a| a.path.to_string()),
+            };
+            (*ip, f)
+        })
+        .collect();
+    let skip = frames
+        .iter()
+        .take_while(|(_, f)| f.function.as_deref().is_some_and(is_allocator_frame))
+        .count();
+    frames.drain(..skip.min(frames.len().saturating_sub(1)));
+    frames
+}
+
+/// Build the report from `input`. Stacks that symbolize to the same frames
+/// are merged; stacks are ordered by outstanding bytes, largest first.
+pub fn build(input: &Input, symbols: &mut Symbols, meta: Meta, losses: Losses) -> Report {
+    symbols.resolve(
+        input
+            .stacks
+            .iter()
+            .flat_map(|s| s.frames.iter().filter_map(|(_, fa)| fa.as_ref())),
+    );
+    let lookup = |fa: &FileAddr| symbols.get(fa).cloned();
     let mut merged: HashMap<(Kind, Vec<u64>), StackReport> = HashMap::new();
-    for (&i, ips) in held.iter().zip(&raw) {
-        let agg = &p.stacks[i];
-        let mut frames: Vec<(u64, Frame)> = ips
-            .iter()
-            .map(|&ip| (ip, frame(p.pid, ip, stacks, symbols)))
-            .collect();
-        let skip = frames
-            .iter()
-            .take_while(|(_, f)| f.function.as_deref().is_some_and(is_allocator_frame))
-            .count();
-        // Keep at least one frame, even if all are allocator's.
-        frames.drain(..skip.min(frames.len().saturating_sub(1)));
-        let age_ms = oldest[i].map_or(0, |t| meta.now_ns.saturating_sub(t) / 1_000_000);
-        let key = (agg.kind, frames.iter().map(|(ip, _)| *ip).collect());
+    for st in &input.stacks {
+        let frames = frames_of(st, &lookup);
+        let age_ms = st
+            .oldest_ns
+            .map_or(0, |t| meta.now_ns.saturating_sub(t) / 1_000_000);
+        let key = (st.kind, frames.iter().map(|(ip, _)| *ip).collect());
         let e = merged.entry(key).or_insert_with(|| StackReport {
-            kind: agg.kind.as_str(),
+            kind: st.kind.as_str(),
             outstanding_bytes: 0,
             outstanding_allocations: 0,
             oldest_age_ms: 0,
             frames: frames.into_iter().map(|(_, f)| f).collect(),
         });
-        e.outstanding_bytes += agg.outstanding_bytes;
-        e.outstanding_allocations += agg.outstanding_allocations;
+        e.outstanding_bytes += st.outstanding_bytes;
+        e.outstanding_allocations += st.outstanding_allocations;
         e.oldest_age_ms = e.oldest_age_ms.max(age_ms);
     }
     let mut out: Vec<StackReport> = merged.into_values().collect();
@@ -179,7 +240,7 @@ pub fn build(
     for (path, why) in failed {
         notes.push(format!("could not symbolize {path}: {why}"));
     }
-    let c = &p.counters;
+    let c = &input.counters;
     Report {
         schema_version: SCHEMA_VERSION,
         pid: meta.pid,
@@ -188,8 +249,8 @@ pub fn build(
         exited: meta.exited,
         duration_ms: meta.duration_ms,
         summary: Summary {
-            outstanding_bytes: p.outstanding_bytes,
-            outstanding_allocations: p.outstanding_allocations,
+            outstanding_bytes: input.outstanding_bytes,
+            outstanding_allocations: input.outstanding_allocations,
             allocated_bytes: c.allocated_bytes,
             allocations: c.allocations,
             frees: c.frees,
@@ -200,18 +261,6 @@ pub fn build(
         },
         stacks: out,
         notes,
-    }
-}
-
-fn frame(pid: u32, ip: u64, stacks: &Stacks, symbols: &Symbols) -> Frame {
-    let fa = stacks.file_addr(pid, ip);
-    let sym = fa.and_then(|a| symbols.get(a)).cloned().unwrap_or_default();
-    Frame {
-        ip: format!("{ip:#x}"),
-        function: sym.function,
-        file: sym.file,
-        line: sym.line,
-        module: fa.map(|a| a.path.to_string()),
     }
 }
 

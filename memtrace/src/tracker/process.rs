@@ -214,6 +214,17 @@ impl Process {
         v
     }
 
+    /// Outstanding bytes allocated before `ts`.
+    pub fn bytes_older_than(&self, ts: u64) -> u64 {
+        let heap = self.heap.values().filter(|b| b.ts_ns < ts).map(|b| b.size);
+        let maps = self
+            .regions
+            .iter()
+            .filter(|r| r.ts_ns < ts)
+            .map(|r| r.bytes());
+        heap.chain(maps).sum()
+    }
+
     /// Timestamp of the oldest outstanding allocation.
     pub fn oldest_ns(&self) -> Option<u64> {
         let heap = self.heap.values().map(|b| b.ts_ns);

@@ -1,0 +1,290 @@
+//! `memtrace` with no subcommand: the live dashboard of every process.
+//!
+//! One event loop (`tokio::select!`) over a 2 ms drain tick (ring buffer,
+//! terminal input, background answers), the refresh tick, and signals.
+//! State lives in `app` (pure), drawing in `ui`, data in `view`.
+
+pub mod app;
+pub mod keys;
+pub mod model;
+mod score;
+mod terminal;
+pub mod ui;
+mod view;
+mod worker;
+
+use std::{
+    num::NonZeroU32,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde::Serialize;
+use tokio::signal::unix::{SignalKind, signal};
+
+use self::{model::RowKey, view::View};
+use crate::{
+    cli::{DashboardArgs, Tuning},
+    collect::Collector,
+    probes::{self, LoadOptions, Scope},
+    procmaps, report, system,
+    tracker::Tracker,
+};
+
+/// How often the ring buffer (and the terminal) is polled.
+const DRAIN_EVERY: Duration = Duration::from_millis(2);
+/// Sliding window of growth and rates.
+const WINDOW: Duration = Duration::from_secs(30);
+
+pub fn run(args: DashboardArgs, tuning: &Tuning) -> Result<()> {
+    system::preflight()?;
+    for &pid in &args.pids {
+        if pid == std::process::id() {
+            bail!("PID {pid} is memtrace itself");
+        }
+        if !procmaps::alive(pid) {
+            bail!("no process with PID {pid}");
+        }
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(session(args, tuning))
+}
+
+/// Probes attached for the dashboard.
+struct Tracing {
+    loaded: probes::Loaded,
+    links: probes::Links,
+    col: Collector,
+}
+
+fn attach(args: &DashboardArgs, tuning: &Tuning) -> Result<Tracing> {
+    let opts = LoadOptions {
+        target_tgid: 0,
+        floor_only: tuning.floor,
+        ring_bytes: tuning.ring_bytes,
+        stack_entries: tuning.stack_entries,
+    };
+    let mut loaded = probes::load(&opts)?;
+    let mut links = probes::Links::default();
+    let r = attach_all(&mut loaded, &mut links, &args.pids);
+    if let Err(e) = r {
+        links.detach(&mut loaded.ebpf);
+        return Err(e);
+    }
+    probes::attach_lifecycle(&mut loaded.ebpf)?;
+    let tracker = if args.pids.is_empty() {
+        Tracker::new()
+    } else {
+        Tracker::with_filter(args.pids.clone())
+    };
+    let col = Collector::new(&mut loaded.ebpf, tracker)?;
+    Ok(Tracing { loaded, links, col })
+}
+
+fn attach_all(loaded: &mut probes::Loaded, links: &mut probes::Links, pids: &[u32]) -> Result<()> {
+    if pids.is_empty() {
+        let libc = probes::host_libc()?;
+        let cxx = probes::find_in_lib_dirs("libstdc++.so.6");
+        probes::attach_allocators(loaded, &libc, cxx.as_deref(), Scope::All, links)?;
+        return Ok(());
+    }
+    for &pid in pids {
+        let in_root = |p: PathBuf| PathBuf::from(format!("/proc/{pid}/root{}", p.display()));
+        let libc = probes::mapped_library(pid, "libc.so.6")
+            .with_context(|| format!("reading the memory map of PID {pid}"))?
+            .with_context(|| format!("PID {pid} does not use a dynamically linked glibc"))?;
+        let cxx = probes::mapped_library(pid, "libstdc++.so.6").ok().flatten();
+        let scope = NonZeroU32::new(pid).map(Scope::Process).context("PID 0")?;
+        probes::attach_allocators(
+            loaded,
+            &in_root(libc),
+            cxx.map(in_root).as_deref(),
+            scope,
+            links,
+        )?;
+    }
+    Ok(())
+}
+
+fn scope_text(pids: &[u32]) -> String {
+    if pids.is_empty() {
+        "all processes".into()
+    } else {
+        let v: Vec<String> = pids.iter().map(u32::to_string).collect();
+        format!("PID {}", v.join(", "))
+    }
+}
+
+async fn session(args: DashboardArgs, tuning: &Tuning) -> Result<()> {
+    let t0 = Instant::now();
+    let origin_ns = system::monotonic_ns();
+    let mut tracing = attach(&args, tuning)?;
+    let attach_ms = t0.elapsed().as_millis() as u64;
+    let mut view = View::new(origin_ns, WINDOW, scope_text(&args.pids));
+    let outcome = match args.headless {
+        Some(d) => headless(&mut tracing, &mut view, args.delay, d, attach_ms).await,
+        None => interactive(&mut tracing, &mut view, &args, attach_ms).await,
+    };
+    let Tracing {
+        mut loaded, links, ..
+    } = tracing;
+    links.detach(&mut loaded.ebpf);
+    outcome
+}
+
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self> {
+        let s = |k| signal(k).context("installing signal handlers");
+        Ok(Self {
+            int: s(SignalKind::interrupt())?,
+            term: s(SignalKind::terminate())?,
+            hup: s(SignalKind::hangup())?,
+        })
+    }
+}
+
+/// What `--headless` prints at the end.
+#[derive(Serialize)]
+struct Summary {
+    attach_ms: u64,
+    watched_ms: u64,
+    events: u64,
+    events_per_s: f64,
+    lost_events: u64,
+    stack_failures: u64,
+    untracked_frees: u64,
+    processes: usize,
+    cpu_percent: f64,
+    /// memtrace's own resident memory at the end.
+    rss_bytes: u64,
+    top: Vec<SummaryRow>,
+}
+
+#[derive(Serialize)]
+struct SummaryRow {
+    pid: u32,
+    comm: String,
+    outstanding_bytes: u64,
+    outstanding_allocations: u64,
+    growth_bytes_per_s: f64,
+    leak_score: f64,
+    allocations: u64,
+    frees: u64,
+    exited: bool,
+}
+
+async fn headless(
+    t: &mut Tracing,
+    view: &mut View,
+    delay: Duration,
+    duration: Duration,
+    attach_ms: u64,
+) -> Result<()> {
+    let mut sig = Signals::new()?;
+    let start = Instant::now();
+    let mut drain = tokio::time::interval(DRAIN_EVERY);
+    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut refresh = tokio::time::interval(delay);
+    let mut snapshot = model::Snapshot::default();
+    let mut cpu_sum = (0.0, 0u32);
+    loop {
+        tokio::select! {
+            _ = drain.tick() => {
+                if t.col.drain() > 0 {
+                    t.col.resolve_new_stacks();
+                }
+            }
+            _ = refresh.tick() => {
+                let kc = t.col.kernel_counters();
+                snapshot = view.refresh(&mut t.col, &kc, system::monotonic_ns());
+                if start.elapsed() > delay {
+                    cpu_sum = (cpu_sum.0 + snapshot.header.cpu_percent, cpu_sum.1 + 1);
+                }
+            }
+            _ = sig.int.recv() => break,
+            _ = sig.term.recv() => break,
+            _ = sig.hup.recv() => break,
+        }
+        if start.elapsed() >= duration {
+            break;
+        }
+    }
+    t.col.drain();
+    let kc = t.col.kernel_counters();
+    let watched = start.elapsed();
+    let mut rows = snapshot.rows;
+    rows.sort_by(|a, b| b.leak_score.total_cmp(&a.leak_score));
+    let counts = |key: RowKey| {
+        t.col
+            .tracker
+            .live()
+            .chain(t.col.tracker.exited())
+            .find(|p| view::key_of(p) == key)
+            .map_or((0, 0), |p| (p.counters.allocations, p.counters.frees))
+    };
+    let summary = Summary {
+        attach_ms,
+        watched_ms: watched.as_millis() as u64,
+        events: t.col.tracker.totals.events,
+        events_per_s: t.col.tracker.totals.events as f64 / watched.as_secs_f64().max(1e-9),
+        lost_events: kc.lost() + t.col.tracker.totals.decode_errors,
+        stack_failures: kc.stack_fail + t.col.stacks.fetch_failures,
+        untracked_frees: snapshot.header.untracked_frees,
+        processes: snapshot.header.processes,
+        cpu_percent: if cpu_sum.1 > 0 {
+            cpu_sum.0 / f64::from(cpu_sum.1)
+        } else {
+            0.0
+        },
+        rss_bytes: own_rss(),
+        top: rows
+            .iter()
+            .take(50)
+            .map(|r| {
+                let (allocations, frees) = counts(r.key);
+                SummaryRow {
+                    pid: r.pid,
+                    comm: r.comm.clone(),
+                    outstanding_bytes: r.outstanding_bytes,
+                    outstanding_allocations: r.outstanding_allocations,
+                    growth_bytes_per_s: r.growth_bytes_per_s,
+                    leak_score: r.leak_score,
+                    allocations,
+                    frees,
+                    exited: r.exited,
+                }
+            })
+            .collect(),
+    };
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(())
+}
+
+fn own_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let l = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+            l.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+async fn interactive(
+    _t: &mut Tracing,
+    _view: &mut View,
+    _args: &DashboardArgs,
+    _attach_ms: u64,
+) -> Result<()> {
+    bail!("the interactive dashboard is being wired up; use --headless")
+}
