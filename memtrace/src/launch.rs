@@ -22,7 +22,6 @@ pub struct Child {
     pub pid: u32,
     go: Option<OwnedFd>,
     exec_err: OwnedFd,
-    traced: bool,
     /// The thread held at an exit or exec stop.
     stopped: Option<libc::pid_t>,
 }
@@ -86,7 +85,6 @@ pub fn spawn_suspended(argv: &[OsString]) -> Result<Child> {
         pid: pid as u32,
         go: Some(go_w),
         exec_err: err_r,
-        traced: false,
         stopped: None,
     })
 }
@@ -108,7 +106,6 @@ impl Child {
         if r != 0 {
             return Err(io::Error::last_os_error()).context("ptrace(PTRACE_SEIZE) of the command");
         }
-        self.traced = true;
         Ok(())
     }
 
@@ -194,13 +191,11 @@ impl Child {
                 return ChildState::Running;
             }
             if tid < 0 {
-                self.traced = false;
                 return ChildState::Gone(None);
             }
             if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
                 if tid as u32 == self.pid {
-                    self.traced = false;
-                    return ChildState::Gone(Some(status));
+                        return ChildState::Gone(Some(status));
                 }
                 continue;
             }
@@ -239,9 +234,6 @@ impl Child {
         }
     }
 
-    pub fn traced(&self) -> bool {
-        self.traced
-    }
 }
 
 #[derive(Debug, PartialEq, Eq)]

@@ -54,8 +54,8 @@ impl Snapshot {
         })
     }
 
-    /// The main executable: the first mapping at file offset 0 that is not
-    /// a shared library (best effort: the lowest-addressed file mapping).
+    /// Paths of the mappings, by address.
+    #[cfg(test)]
     pub fn paths(&self) -> impl Iterator<Item = &str> {
         self.maps.iter().map(|m| &*m.path)
     }

@@ -245,6 +245,7 @@ async fn trace(
             }
         }
     };
+    let traced_for = started.elapsed();
     col.drain();
     if !exited {
         col.resolve_new_stacks();
@@ -283,7 +284,7 @@ async fn trace(
         comm: ident.comm.unwrap_or_else(|| short_name(prog)),
         exe: ident.exe.unwrap_or_else(|| prog.to_string()),
         exited,
-        duration_ms: started.elapsed().as_millis() as u64,
+        duration_ms: traced_for.as_millis() as u64,
         now_ns: p.exited_ns.unwrap_or(now_ns),
         notes,
     };

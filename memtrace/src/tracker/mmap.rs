@@ -62,6 +62,7 @@ impl Regions {
         self.by_start.values()
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.by_start.len()
     }

@@ -19,7 +19,7 @@ mod process;
 
 use std::collections::HashMap;
 
-pub use process::{Block, Kind, ProcCounters, Process, StackAgg};
+pub use process::{Kind, ProcCounters, Process};
 
 use crate::decode::Event;
 
