@@ -130,7 +130,7 @@ fn regs_sp(regs: *const aya_ebpf::bindings::pt_regs) -> u64 {
 fn nested(tid: u32, sp: u64) -> bool {
     // SAFETY: the value is copied out immediately; a concurrent delete only
     // makes it stale, which the stack-pointer comparison tolerates.
-    match unsafe { INFLIGHT.get(&tid) } {
+    match unsafe { INFLIGHT.get(tid) } {
         Some(outer) => outer.sp > sp,
         None => false,
     }
@@ -154,7 +154,7 @@ fn enter(ctx: &ProbeContext, f: u16, size: u64, arg0: u64, arg1: u64) -> u32 {
         arg0,
         arg1,
     };
-    if INFLIGHT.insert(&tid, &rec, 0).is_err() {
+    if INFLIGHT.insert(tid, rec, 0).is_err() {
         bump(Counter::InflightFull);
     }
     0
@@ -239,7 +239,7 @@ fn cxx_new(ctx: &ProbeContext, delta: u64) -> u32 {
     };
     let sp = regs_sp(ctx.regs) + delta;
     // SAFETY: copied out at once, as in `nested`.
-    if let Some(outer) = unsafe { CXX_CTX.get(&tid) }
+    if let Some(outer) = unsafe { CXX_CTX.get(tid) }
         && outer.sp > sp
         && outer.sp - sp < CXX_CTX_WINDOW
     {
@@ -256,7 +256,7 @@ fn cxx_new(ctx: &ProbeContext, delta: u64) -> u32 {
         caller,
         stack_id,
     };
-    if CXX_CTX.insert(&tid, &rec, 0).is_err() {
+    if CXX_CTX.insert(tid, rec, 0).is_err() {
         bump(Counter::InflightFull);
     }
     0
@@ -266,9 +266,9 @@ fn cxx_new(ctx: &ProbeContext, delta: u64) -> u32 {
 #[inline(always)]
 fn stack_for(ctx: &RetProbeContext, tid: u32, sp: u64) -> (i32, u64, u16) {
     // SAFETY: copied out at once, as in `nested`.
-    if let Some(c) = unsafe { CXX_CTX.get(&tid) } {
+    if let Some(c) = unsafe { CXX_CTX.get(tid) } {
         let c = *c;
-        let _ = CXX_CTX.remove(&tid);
+        let _ = CXX_CTX.remove(tid);
         if c.sp > sp && c.sp - sp < CXX_CTX_WINDOW {
             if c.stack_id < 0 {
                 bump(Counter::StackFail);
@@ -299,7 +299,7 @@ pub fn alloc_ret(ctx: RetProbeContext) -> u32 {
     };
     let sp = regs_sp(ctx.regs);
     // SAFETY: copied out at once, as in `nested`.
-    let rec = match unsafe { INFLIGHT.get(&tid) } {
+    let rec = match unsafe { INFLIGHT.get(tid) } {
         Some(r) => *r,
         None => {
             bump(Counter::ReturnWithoutEntry);
@@ -310,7 +310,7 @@ pub fn alloc_ret(ctx: RetProbeContext) -> u32 {
         // The return of a call nested inside the recorded one.
         return 0;
     }
-    let _ = INFLIGHT.remove(&tid);
+    let _ = INFLIGHT.remove(tid);
     let ret: u64 = ctx.ret();
 
     let mut ev = event(kind::ALLOC, rec.func, tgid, tid);

@@ -13,7 +13,11 @@ fn plan() -> Vec<(String, u64, String)> {
     let mut c = memtrace_cmd(&bin);
     c.arg("probes");
     let out = run_with_timeout(&mut c, secs(30));
-    assert!(out.status.success(), "memtrace probes failed: {}", out.stderr);
+    assert!(
+        out.status.success(),
+        "memtrace probes failed: {}",
+        out.stderr
+    );
     print!("{}", out.stdout);
     out.stdout
         .lines()
@@ -42,7 +46,15 @@ fn allocator_probes_avoid_single_step() {
     }
     // Every allocator entry point the kernel can emulate somewhere in its
     // first instructions is probed there.
-    for sym in ["malloc", "calloc", "realloc", "free", "posix_memalign", "valloc", "pvalloc"] {
+    for sym in [
+        "malloc",
+        "calloc",
+        "realloc",
+        "free",
+        "posix_memalign",
+        "valloc",
+        "pvalloc",
+    ] {
         let (_, _, how) = find(&plan, sym);
         assert!(how.starts_with("emulated"), "{sym}: {how}");
     }
@@ -64,13 +76,23 @@ fn allocator_probes_avoid_single_step() {
         ];
         for &(sym, off) in want {
             let (_, got, how) = find(&plan, sym);
-            assert_eq!((*got, how.starts_with("emulated")), (off, true), "{sym}: {how}");
+            assert_eq!(
+                (*got, how.starts_with("emulated")),
+                (off, true),
+                "{sym}: {how}"
+            );
         }
     }
 }
 
 fn glibc_version() -> Option<String> {
-    let out = std::process::Command::new("ldd").arg("--version").output().ok()?;
-    let first = String::from_utf8_lossy(&out.stdout).lines().next()?.to_string();
+    let out = std::process::Command::new("ldd")
+        .arg("--version")
+        .output()
+        .ok()?;
+    let first = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()?
+        .to_string();
     first.split_whitespace().last().map(str::to_string)
 }

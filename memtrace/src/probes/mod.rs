@@ -182,7 +182,13 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
     }
     // uprobe_multi programs when the kernel has them (6.6+), else aya's
     // perf-event uprobes.
-    let uprobes = match multi::load_programs(&ebpf, EBPF_OBJECT, &[ENTRY_PROGRAM, RET_PROGRAM]) {
+    // MEMTRACE_PERF_UPROBES=1 forces the perf-event path (for comparisons).
+    let multi = if std::env::var_os("MEMTRACE_PERF_UPROBES").is_some() {
+        Err(anyhow!("perf-event uprobes requested"))
+    } else {
+        multi::load_programs(&ebpf, EBPF_OBJECT, &[ENTRY_PROGRAM, RET_PROGRAM])
+    };
+    let uprobes = match multi {
         Ok(mut fds) if fds.len() == 2 => {
             let ret = fds.pop();
             let entry = fds.pop();
