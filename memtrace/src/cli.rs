@@ -102,6 +102,12 @@ pub struct Tuning {
     /// Entries of the kernel's stack map.
     #[arg(long, hide = true, global = true, default_value_t = 32768)]
     pub stack_entries: u32,
+
+    /// Bound on outstanding allocations tracked, over all processes (about
+    /// 60 bytes of memtrace's memory each). Past it, new allocations are
+    /// counted as dropped, never silently lost.
+    #[arg(long, global = true, value_name = "N", default_value_t = 4_000_000)]
+    pub max_allocations: usize,
 }
 
 pub fn parse_pid(s: &str) -> Result<u32, String> {

@@ -19,7 +19,7 @@ use crate::{
     procmaps, report,
     symbolize::Symbols,
     system,
-    tracker::Tracker,
+    tracker::{Limits, Tracker},
 };
 
 /// How often the ring buffer is drained.
@@ -168,7 +168,12 @@ async fn trace(
     };
     let mut links = attach(&mut loaded, pid, &libs)?;
     probes::attach_lifecycle(&mut loaded.ebpf)?;
-    let mut col = Collector::new(&mut loaded.ebpf, Tracker::with_filter(vec![pid]))?;
+    let mut tracker = Tracker::with_filter(vec![pid]);
+    tracker.set_limits(Limits {
+        allocations: tuning.max_allocations,
+        ..Limits::default()
+    });
+    let mut col = Collector::new(&mut loaded.ebpf, tracker)?;
 
     let mut sigint = signal(SignalKind::interrupt()).context("installing signal handlers")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing signal handlers")?;

@@ -29,7 +29,7 @@ use crate::{
     collect::Collector,
     probes::{self, LoadOptions, Scope},
     procmaps, report, system,
-    tracker::Tracker,
+    tracker::{Limits, Tracker},
 };
 
 /// How often the ring buffer (and the terminal) is polled.
@@ -76,11 +76,15 @@ fn attach(args: &DashboardArgs, tuning: &Tuning) -> Result<Tracing> {
         return Err(e);
     }
     probes::attach_lifecycle(&mut loaded.ebpf)?;
-    let tracker = if args.pids.is_empty() {
+    let mut tracker = if args.pids.is_empty() {
         Tracker::new()
     } else {
         Tracker::with_filter(args.pids.clone())
     };
+    tracker.set_limits(Limits {
+        allocations: tuning.max_allocations,
+        ..Limits::default()
+    });
     let col = Collector::new(&mut loaded.ebpf, tracker)?;
     Ok(Tracing { loaded, links, col })
 }

@@ -56,6 +56,9 @@ pub struct Summary {
     pub stack_failures: u64,
     /// Allocations at addresses still held (their free was not seen).
     pub missed_frees: u64,
+    /// Allocations not tracked because memtrace's bound on tracked
+    /// allocations (--max-allocations) was reached.
+    pub dropped_allocations: u64,
 }
 
 /// Losses counted outside the process's own table.
@@ -258,6 +261,7 @@ pub fn build(input: &Input, symbols: &mut Symbols, meta: Meta, losses: Losses) -
             lost_events: losses.lost_events,
             stack_failures: losses.stack_failures,
             missed_frees: c.missed_frees,
+            dropped_allocations: c.dropped,
         },
         stacks: out,
         notes,

@@ -73,6 +73,13 @@ pub fn render(r: &Report) -> String {
         thousands(s.stack_failures),
         thousands(s.missed_frees)
     );
+    if s.dropped_allocations > 0 {
+        let _ = writeln!(
+            o,
+            "dropped: {} allocations were not tracked (--max-allocations reached)",
+            thousands(s.dropped_allocations)
+        );
+    }
     for n in &r.notes {
         let _ = writeln!(o, "note: {n}");
     }

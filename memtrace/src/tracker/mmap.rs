@@ -62,7 +62,6 @@ impl Regions {
         self.by_start.values()
     }
 
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.by_start.len()
     }
@@ -140,6 +139,10 @@ impl Process {
         // A new mapping replaces whatever it overlays (MAP_FIXED).
         self.cut(addr, end);
         if flags & MAP_ANONYMOUS == 0 || len == 0 {
+            return;
+        }
+        if !self.room {
+            self.counters.dropped += 1;
             return;
         }
         let idx = self.stack_idx(stack, Kind::Mmap);

@@ -28,6 +28,29 @@ use crate::decode::Event;
 pub struct Totals {
     pub events: u64,
     pub decode_errors: u64,
+    /// Events of processes not tracked because `Limits::processes` was
+    /// reached.
+    pub dropped_process_events: u64,
+}
+
+/// Bounds on what the tracker holds, so memtrace's own memory stays bounded
+/// (about 60 bytes per tracked allocation, plus a few KiB per process).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Outstanding allocations (heap blocks and mapping pieces) tracked over
+    /// all processes; past it, new allocations are counted as dropped.
+    pub allocations: usize,
+    /// Processes (live and recently exited) tracked.
+    pub processes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            allocations: 4_000_000,
+            processes: 20_000,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -37,6 +60,9 @@ pub struct Tracker {
     pub totals: Totals,
     /// When set, only these processes are tracked.
     filter: Option<Vec<u32>>,
+    limits: Limits,
+    /// Outstanding entries held over all processes (live and exited).
+    held: usize,
 }
 
 impl Tracker {
@@ -50,6 +76,15 @@ impl Tracker {
             filter: Some(pids),
             ..Self::default()
         }
+    }
+
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
+    /// Outstanding entries held over all processes.
+    pub fn held(&self) -> usize {
+        self.held
     }
 
     fn wanted(&self, pid: u32) -> bool {
@@ -72,11 +107,43 @@ impl Tracker {
         if !self.wanted(meta.pid) {
             return;
         }
+        let creates = matches!(
+            ev,
+            Event::Alloc { .. } | Event::Realloc { .. } | Event::Mmap { .. } | Event::Free { .. }
+        );
+        if creates
+            && !self.live.contains_key(&meta.pid)
+            && self.live.len() + self.exited.len() >= self.limits.processes
+        {
+            self.totals.dropped_process_events += 1;
+            return;
+        }
+        let before = self.live.get(&meta.pid).map_or(0, Process::entries);
+        self.apply(ev);
+        // An exited process keeps its table (for the report) until dropped.
+        let after = match self.live.get(&meta.pid) {
+            Some(p) => p.entries(),
+            None => self
+                .exited
+                .last()
+                .filter(|p| p.pid == meta.pid && matches!(ev, Event::Exit { .. }))
+                .map_or(0, Process::entries),
+        };
+        self.held = (self.held + after).saturating_sub(before);
+    }
+
+    fn apply(&mut self, ev: &Event) {
+        let meta = *ev.meta();
         let ts = meta.ts_ns;
+        let room = self.held < self.limits.allocations;
         match *ev {
             Event::Alloc {
                 addr, size, stack, ..
-            } => self.process(meta.pid, ts).alloc(addr, size, stack, ts),
+            } => {
+                let p = self.process(meta.pid, ts);
+                p.room = room;
+                p.alloc(addr, size, stack, ts);
+            }
             Event::Free { addr, .. } => self.process(meta.pid, ts).free(addr, ts),
             Event::Realloc {
                 old_addr,
@@ -84,16 +151,22 @@ impl Tracker {
                 size,
                 stack,
                 ..
-            } => self
-                .process(meta.pid, ts)
-                .realloc(old_addr, addr, size, stack, ts),
+            } => {
+                let p = self.process(meta.pid, ts);
+                p.room = room;
+                p.realloc(old_addr, addr, size, stack, ts);
+            }
             Event::Mmap {
                 addr,
                 len,
                 flags,
                 stack,
                 ..
-            } => self.process(meta.pid, ts).mmap(addr, len, flags, stack, ts),
+            } => {
+                let p = self.process(meta.pid, ts);
+                p.room = room;
+                p.mmap(addr, len, flags, stack, ts);
+            }
             Event::Munmap { addr, len, .. } => {
                 // A process we know nothing of has no regions to cut.
                 if let Some(p) = self.live.get_mut(&meta.pid) {
@@ -124,8 +197,9 @@ impl Tracker {
         }
     }
 
-    /// The process replaced its image: start it afresh.
-    pub fn on_exec(&mut self, pid: u32, ts: u64) {
+    /// The process replaced its image: start it afresh. (`on_event`
+    /// accounts the entries dropped.)
+    fn on_exec(&mut self, pid: u32, ts: u64) {
         let generation = self.live.remove(&pid).map_or(0, |p| p.generation + 1);
         let mut fresh = Process::new(pid, ts);
         fresh.generation = generation;
@@ -149,8 +223,16 @@ impl Tracker {
     }
 
     /// Drop exited processes for which `keep` returns false.
-    pub fn retain_exited(&mut self, keep: impl FnMut(&Process) -> bool) {
-        self.exited.retain(keep);
+    pub fn retain_exited(&mut self, mut keep: impl FnMut(&Process) -> bool) {
+        let mut freed = 0;
+        self.exited.retain(|p| {
+            let k = keep(p);
+            if !k {
+                freed += p.entries();
+            }
+            k
+        });
+        self.held = self.held.saturating_sub(freed);
     }
 
     /// The latest state of `pid`: live, else its most recent exited image.

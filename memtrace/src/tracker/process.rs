@@ -57,6 +57,8 @@ pub struct ProcCounters {
     pub untracked_frees: u64,
     /// Allocations at an address still held: the free in between was lost.
     pub missed_frees: u64,
+    /// Allocations not tracked because the tracker's bound was reached.
+    pub dropped: u64,
 }
 
 pub struct Process {
@@ -77,6 +79,9 @@ pub struct Process {
     pub sizes: Histogram<u64>,
     /// Lifetimes of freed blocks, microseconds.
     pub lifetimes_us: Histogram<u64>,
+    /// Whether the tracker has room for new allocations (set by it before
+    /// each event).
+    pub(super) room: bool,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -109,7 +114,13 @@ impl Process {
             outstanding_allocations: 0,
             sizes: histogram(),
             lifetimes_us: histogram(),
+            room: true,
         }
+    }
+
+    /// Outstanding entries held: heap blocks and mapping pieces.
+    pub fn entries(&self) -> usize {
+        self.heap.len() + self.regions.len()
     }
 
     pub(super) fn stack_idx(&mut self, stack: StackRef, kind: Kind) -> u32 {
@@ -168,6 +179,10 @@ impl Process {
         if let Some(old) = self.heap.remove(&addr) {
             self.counters.missed_frees += 1;
             self.sub(old.stack, old.size, true);
+        }
+        if !self.room {
+            self.counters.dropped += 1;
+            return;
         }
         let idx = self.stack_idx(stack, Kind::Heap);
         self.add(idx, size, true);

@@ -284,3 +284,85 @@ fn lifetimes_recorded_on_free() {
     assert_eq!(p.lifetimes_us.len(), 1);
     assert!(p.lifetimes_us.value_at_quantile(0.5) >= 4_900);
 }
+
+#[test]
+fn allocation_bound_drops_and_counts() {
+    let mut t = Tracker::new();
+    t.set_limits(Limits {
+        allocations: 2,
+        processes: 10,
+    });
+    for i in 0..5 {
+        t.on_event(&alloc(0x100 + i, 10, S1));
+    }
+    let p = proc_of(&t);
+    assert_eq!((p.outstanding_allocations, p.counters.dropped), (2, 3));
+    assert_eq!(t.held(), 2);
+    // Freeing makes room again; frees of dropped blocks are untracked.
+    t.on_event(&free(0x100));
+    t.on_event(&free(0x104));
+    t.on_event(&alloc(0x200, 10, S2));
+    let p = proc_of(&t);
+    assert_eq!(p.counters.untracked_frees, 1);
+    assert_eq!(p.outstanding_allocations, 2);
+    assert_eq!(t.held(), 2);
+}
+
+#[test]
+fn process_bound_counts_dropped_events() {
+    let mut t = Tracker::new();
+    t.set_limits(Limits {
+        allocations: 100,
+        processes: 1,
+    });
+    t.on_event(&alloc(0x10, 1, S1));
+    t.on_event(&Event::Alloc {
+        meta: Meta {
+            pid: 7,
+            tid: 7,
+            ts_ns: 1,
+        },
+        func: AllocFn::Malloc,
+        addr: 0x10,
+        size: 1,
+        stack: S1,
+    });
+    assert!(t.get(7).is_none());
+    assert_eq!(t.totals.dropped_process_events, 1);
+}
+
+#[test]
+fn held_follows_exec_exit_and_retention() {
+    let mut t = run(&[
+        alloc(0x10, 1, S1),
+        alloc(0x20, 1, S1),
+        mmap(0x7000_0000, PG, S1),
+    ]);
+    let other = Meta {
+        pid: 9,
+        tid: 9,
+        ts_ns: 1,
+    };
+    t.on_event(&Event::Alloc {
+        meta: other,
+        func: AllocFn::Malloc,
+        addr: 1,
+        size: 1,
+        stack: S1,
+    });
+    assert_eq!(t.held(), 4);
+    t.on_event(&Event::Exec {
+        meta: meta(3),
+        old_tid: P,
+    });
+    assert_eq!(t.held(), 1);
+    t.on_event(&Event::Free {
+        meta: other,
+        addr: 1,
+    });
+    t.on_event(&alloc(0x30, 1, S1));
+    t.on_event(&Event::Exit { meta: meta(4) });
+    assert_eq!(t.held(), 1);
+    t.retain_exited(|_| false);
+    assert_eq!(t.held(), 0);
+}
