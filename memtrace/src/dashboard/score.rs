@@ -108,7 +108,7 @@ impl History {
 /// The leak score, in bytes per second of evidence: steady growth counts
 /// fully, growth that comes and goes counts by how steady it is, shrinking
 /// or flat memory counts nothing; memory that has stayed allocated longer
-/// than the window adds a little (an hour of it weighs like 1 byte/s), so a
+/// than the window breaks ties (1 GiB of it weighs like 1 byte/s), so a
 /// large but static process ranks below any steady leak and above idle ones.
 pub fn leak_score(growth: f64, steadiness: f64, old_bytes: u64) -> f64 {
     let growth = if growth.is_finite() {
@@ -116,7 +116,7 @@ pub fn leak_score(growth: f64, steadiness: f64, old_bytes: u64) -> f64 {
     } else {
         0.0
     };
-    growth * steadiness.clamp(0.0, 1.0) + old_bytes as f64 / 3600.0
+    growth * steadiness.clamp(0.0, 1.0) + old_bytes as f64 / (1u64 << 30) as f64
 }
 
 #[cfg(test)]
