@@ -156,12 +156,10 @@ pub enum Counter {
     /// A return probe found no matching entry (the call started before
     /// attach, or its entry was lost).
     ReturnWithoutEntry = 3,
-    /// Events successfully submitted.
-    Submitted = 4,
     /// Reading `*memptr` after posix_memalign failed.
-    ReadFail = 5,
+    ReadFail = 4,
 }
-pub const COUNTER_COUNT: u32 = 6;
+pub const COUNTER_COUNT: u32 = 5;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -169,7 +167,6 @@ impl Counter {
         Counter::InflightFull,
         Counter::StackFail,
         Counter::ReturnWithoutEntry,
-        Counter::Submitted,
         Counter::ReadFail,
     ];
 }

@@ -19,7 +19,9 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{
+        BPF_F_USER_STACK, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+    },
     helpers::{
         bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
     },
@@ -56,6 +58,11 @@ static SELF_TGID: u32 = 0;
 static FLOOR_ONLY: u32 = 0;
 #[unsafe(no_mangle)]
 static TARGET_TGID: u32 = 0;
+/// Set once any operator new probe fired: until then, allocation returns
+/// skip the C++ context lookup.
+#[unsafe(no_mangle)]
+static mut CXX_SEEN: u32 = 0;
+
 /// Pending bytes in the ring above which a submit wakes the reader.
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: u64 = 1 << 20;
@@ -112,7 +119,6 @@ fn emit(ev: &Event) {
                 BPF_RB_NO_WAKEUP
             };
             slot.submit(flags.into());
-            bump(Counter::Submitted);
         }
         None => bump(Counter::RingFull),
     }
@@ -143,9 +149,6 @@ fn enter(ctx: &ProbeContext, f: u16, size: u64, arg0: u64, arg1: u64) -> u32 {
         return 0;
     };
     let sp = regs_sp(ctx.regs);
-    if nested(tid, sp) {
-        return 0;
-    }
     let rec = Inflight {
         func: f,
         _pad: [0; 3],
@@ -154,6 +157,15 @@ fn enter(ctx: &ProbeContext, f: u16, size: u64, arg0: u64, arg1: u64) -> u32 {
         arg0,
         arg1,
     };
+    // The common case (no call in progress on this thread) costs one hash
+    // operation; only when an entry exists do we look at it.
+    if INFLIGHT.insert(tid, rec, BPF_NOEXIST.into()).is_ok() {
+        return 0;
+    }
+    if nested(tid, sp) {
+        return 0;
+    }
+    // A stale entry (its return was never seen): replace it.
     if INFLIGHT.insert(tid, rec, 0).is_err() {
         bump(Counter::InflightFull);
     }
@@ -259,14 +271,18 @@ fn cxx_new(ctx: &ProbeContext, delta: u64) -> u32 {
     if CXX_CTX.insert(tid, rec, 0).is_err() {
         bump(Counter::InflightFull);
     }
+    // SAFETY: a racy store of a constant to a flag only ever set to 1.
+    unsafe { core::ptr::write_volatile(&raw mut CXX_SEEN, 1) };
     0
 }
 
 /// Stack id and caller for an allocation returning at `sp`.
 #[inline(always)]
 fn stack_for(ctx: &RetProbeContext, tid: u32, sp: u64) -> (i32, u64, u16) {
+    // SAFETY: a racy read of a flag only ever set to 1.
+    let cxx_seen = unsafe { core::ptr::read_volatile(&raw const CXX_SEEN) } != 0;
     // SAFETY: copied out at once, as in `nested`.
-    if let Some(c) = unsafe { CXX_CTX.get(tid) } {
+    if cxx_seen && let Some(c) = unsafe { CXX_CTX.get(tid) } {
         let c = *c;
         let _ = CXX_CTX.remove(tid);
         if c.sp > sp && c.sp - sp < CXX_CTX_WINDOW {

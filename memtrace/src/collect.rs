@@ -23,7 +23,6 @@ pub struct KernelCounters {
     pub inflight_full: u64,
     pub stack_fail: u64,
     pub return_without_entry: u64,
-    pub submitted: u64,
     pub read_fail: u64,
 }
 
@@ -142,7 +141,6 @@ impl Collector {
             inflight_full: get(Counter::InflightFull),
             stack_fail: get(Counter::StackFail),
             return_without_entry: get(Counter::ReturnWithoutEntry),
-            submitted: get(Counter::Submitted),
             read_fail: get(Counter::ReadFail),
         }
     }
