@@ -45,9 +45,11 @@ pub mod kind {
     pub const MUNMAP: u16 = 5;
     /// `mremap(old_addr, old_size, size)` returned `addr`.
     pub const MREMAP: u16 = 6;
-    /// The process `tgid` called exec: its old image is gone.
+    /// The process `tgid` called exec: its old image is gone. `addr`: the
+    /// thread that called exec; `old_addr`+`aux`: the new command name.
     pub const EXEC: u16 = 7;
-    /// Thread `tid` of process `tgid` exited (`tid == tgid`: the leader).
+    /// The last thread of process `tgid` exited. `old_addr`+`aux`: its
+    /// command name (16 bytes, NUL-padded).
     pub const EXIT: u16 = 8;
     /// Highest kind value understood by this version.
     pub const MAX: u16 = EXIT;

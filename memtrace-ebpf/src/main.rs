@@ -23,7 +23,8 @@ use aya_ebpf::{
         BPF_F_USER_STACK, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
     },
     helpers::{
-        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+        bpf_get_attach_cookie, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_probe_read_user,
     },
     macros::{map, raw_tracepoint, uprobe, uretprobe},
     maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
@@ -394,7 +395,7 @@ pub fn alloc_ret(ctx: RetProbeContext) -> u32 {
     0
 }
 
-/// A process replaced its image: its old allocations are gone. `aux` is
+/// A process replaced its image: its old allocations are gone. `addr` is
 /// the thread id that called exec (it differs from the process id when a
 /// thread other than the leader did).
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
@@ -433,7 +434,17 @@ fn process_event(k: u16, leader_only: bool, aux: u64) -> u32 {
         return 0;
     }
     let mut ev = event(k, func::NONE, tgid, tid);
-    ev.aux = aux;
+    ev.addr = aux;
+    // The command name, so processes that exit before userspace reads
+    // /proc still have one: 16 bytes in `old_addr` and `aux`.
+    if let Ok(comm) = bpf_get_current_comm() {
+        let mut lo = [0u8; 8];
+        let mut hi = [0u8; 8];
+        lo.copy_from_slice(&comm[..8]);
+        hi.copy_from_slice(&comm[8..16]);
+        ev.old_addr = u64::from_ne_bytes(lo);
+        ev.aux = u64::from_ne_bytes(hi);
+    }
     emit(&ev);
     0
 }

@@ -85,7 +85,7 @@ impl Collector {
             n += 1;
             match decode::decode(&item) {
                 Ok(ev) => {
-                    if let Event::Exec { meta, old_tid } = ev {
+                    if let Event::Exec { meta, old_tid, .. } = ev {
                         self.stacks.forget_process(meta.pid);
                         if old_tid != 0 && old_tid != meta.pid {
                             self.thread_execs.push(meta.pid);

@@ -31,6 +31,25 @@ pub struct StackRef {
     pub caller: Option<u64>,
 }
 
+/// A kernel command name (TASK_COMM_LEN bytes, NUL-padded).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Comm(pub [u8; 16]);
+
+impl Comm {
+    fn from_words(lo: u64, hi: u64) -> Self {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&lo.to_ne_bytes());
+        b[8..].copy_from_slice(&hi.to_ne_bytes());
+        Self(b)
+    }
+
+    /// The name as text (lossy), or None when empty.
+    pub fn text(&self) -> Option<String> {
+        let end = self.0.iter().position(|&c| c == 0).unwrap_or(16);
+        (end > 0).then(|| String::from_utf8_lossy(&self.0[..end]).into_owned())
+    }
+}
+
 /// Common header of every event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Meta {
@@ -84,9 +103,11 @@ pub enum Event {
         /// The thread that called exec (not the leader when it differs
         /// from `meta.pid`).
         old_tid: u32,
+        comm: Comm,
     },
     Exit {
         meta: Meta,
+        comm: Comm,
     },
 }
 
@@ -100,7 +121,7 @@ impl Event {
             | Event::Munmap { meta, .. }
             | Event::Mremap { meta, .. }
             | Event::Exec { meta, .. }
-            | Event::Exit { meta } => meta,
+            | Event::Exit { meta, .. } => meta,
         }
     }
 }
@@ -219,9 +240,13 @@ pub fn decode(b: &[u8]) -> Result<Event, DecodeError> {
         },
         kind::EXEC => Event::Exec {
             meta,
-            old_tid: w.aux as u32,
+            old_tid: w.addr as u32,
+            comm: Comm::from_words(w.old_addr, w.aux),
         },
-        kind::EXIT => Event::Exit { meta },
+        kind::EXIT => Event::Exit {
+            meta,
+            comm: Comm::from_words(w.old_addr, w.aux),
+        },
         k => return Err(DecodeError::Kind(k)),
     })
 }
@@ -350,5 +375,28 @@ mod tests {
                 let _ = decode(&v);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod comm_tests {
+    use super::*;
+
+    #[test]
+    fn exit_carries_the_command_name() {
+        let name = *b"leaky-worker\0\0\0\0";
+        let w = Wire {
+            kind: kind::EXIT,
+            tgid: 5,
+            tid: 5,
+            old_addr: u64::from_ne_bytes(name[..8].try_into().unwrap()),
+            aux: u64::from_ne_bytes(name[8..].try_into().unwrap()),
+            ..Wire::default()
+        };
+        let Event::Exit { comm, .. } = decode(&encode(&w)).unwrap() else {
+            panic!()
+        };
+        assert_eq!(comm.text().as_deref(), Some("leaky-worker"));
+        assert_eq!(Comm::default().text(), None);
     }
 }

@@ -195,7 +195,7 @@ impl Child {
             }
             if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
                 if tid as u32 == self.pid {
-                        return ChildState::Gone(Some(status));
+                    return ChildState::Gone(Some(status));
                 }
                 continue;
             }
@@ -233,7 +233,6 @@ impl Child {
             }
         }
     }
-
 }
 
 #[derive(Debug, PartialEq, Eq)]

@@ -23,7 +23,7 @@ use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
 
-use self::{model::RowKey, view::View};
+use self::{keys::Action, model::RowKey, view::View, worker::Worker};
 use crate::{
     cli::{DashboardArgs, Tuning},
     collect::Collector,
@@ -171,6 +171,8 @@ struct Summary {
     cpu_percent: f64,
     /// memtrace's own resident memory at the end.
     rss_bytes: u64,
+    /// Outstanding allocations held in memtrace's tables at the end.
+    tracked_allocations: usize,
     top: Vec<SummaryRow>,
 }
 
@@ -251,6 +253,7 @@ async fn headless(
             0.0
         },
         rss_bytes: own_rss(),
+        tracked_allocations: t.col.tracker.held(),
         top: rows
             .iter()
             .take(50)
@@ -285,10 +288,128 @@ fn own_rss() -> u64 {
 }
 
 async fn interactive(
-    _t: &mut Tracing,
-    _view: &mut View,
-    _args: &DashboardArgs,
-    _attach_ms: u64,
+    t: &mut Tracing,
+    view: &mut View,
+    args: &DashboardArgs,
+    attach_ms: u64,
 ) -> Result<()> {
-    bail!("the interactive dashboard is being wired up; use --headless")
+    let mut sig = Signals::new()?;
+    let mut worker = Worker::start().context("starting the symbolization thread")?;
+    let mut term = terminal::Terminal::start()?;
+    let mut app = app::App::new();
+    app.set_status(format!(
+        "attached in {attach_ms} ms; allocations before now are unknown"
+    ));
+    let mut drain = tokio::time::interval(DRAIN_EVERY);
+    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut refresh = tokio::time::interval(args.delay);
+    let mut open: Option<RowKey> = None;
+    loop {
+        let mut redraw = false;
+        tokio::select! {
+            _ = drain.tick() => {
+                if t.col.drain() > 0 {
+                    t.col.resolve_new_stacks();
+                }
+                for key in term.keys()? {
+                    redraw = true;
+                    match keys::handle_key(&mut app, key) {
+                        Action::Quit => return Ok(()),
+                        Action::Open(k) => {
+                            open = Some(k);
+                            if let Some(d) = view.detail(&t.col, k, &mut worker, system::monotonic_ns()) {
+                                app.set_detail(d);
+                            }
+                        }
+                        Action::Close => open = app.open_process(),
+                        Action::Dump(k) => dump(t, view, &worker, k, args.dump_format, &mut app),
+                        Action::None => {}
+                    }
+                }
+                if term.resized() {
+                    redraw = true;
+                }
+                for d in worker.poll() {
+                    redraw = true;
+                    match d {
+                        Ok(p) => app.set_status(format!("report written to {}", p.display())),
+                        Err(e) => app.set_error(format!("report failed: {e}")),
+                    }
+                }
+            }
+            _ = refresh.tick() => {
+                let kc = t.col.kernel_counters();
+                let now = system::monotonic_ns();
+                app.update(view.refresh(&mut t.col, &kc, now));
+                if let Some(k) = open
+                    && let Some(d) = view.detail(&t.col, k, &mut worker, now)
+                {
+                    app.set_detail(d);
+                }
+                redraw = true;
+            }
+            _ = sig.int.recv() => return Ok(()),
+            _ = sig.term.recv() => return Ok(()),
+            _ = sig.hup.recv() => return Ok(()),
+        }
+        if redraw {
+            term.draw(|f| ui::draw(f, &app))?;
+        }
+    }
+}
+
+/// Start writing the report of `key` in the background.
+fn dump(
+    t: &Tracing,
+    view: &View,
+    worker: &Worker,
+    key: RowKey,
+    format: report::Format,
+    app: &mut app::App,
+) {
+    let Some(p) = t
+        .col
+        .tracker
+        .live()
+        .chain(t.col.tracker.exited())
+        .find(|p| view::key_of(p) == key)
+    else {
+        app.set_status(format!("PID {} is no longer tracked", key.pid));
+        return;
+    };
+    let now = system::monotonic_ns();
+    let ext = match format {
+        report::Format::Text => "txt",
+        report::Format::Json => "json",
+        report::Format::Folded => "folded",
+    };
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let path = PathBuf::from(format!("memtrace-{}-{stamp}.{ext}", key.pid));
+    let kc = t.col.kernel_counters();
+    let meta = report::Meta {
+        pid: key.pid,
+        comm: procmaps::comm(key.pid).unwrap_or_default(),
+        exe: procmaps::exe(key.pid).unwrap_or_default(),
+        exited: p.exited_ns.is_some(),
+        duration_ms: now.saturating_sub(key.first_ns.min(now)) / 1_000_000,
+        now_ns: p.exited_ns.unwrap_or(now),
+        notes: vec![
+            "from the dashboard: allocations made before memtrace started are not seen".into(),
+        ],
+    };
+    let losses = report::Losses {
+        lost_events: kc.lost() + t.col.tracker.totals.decode_errors,
+        stack_failures: kc.stack_fail + t.col.stacks.fetch_failures,
+    };
+    let _ = view;
+    worker.dump(worker::Request::Dump {
+        input: Box::new(report::input_of(p, &t.col.stacks, usize::MAX)),
+        meta,
+        losses,
+        format,
+        path: path.clone(),
+    });
+    app.set_status(format!("writing report to {}…", path.display()));
 }

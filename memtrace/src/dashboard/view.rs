@@ -89,10 +89,16 @@ impl View {
                 });
             }
             let exited = p.exited_ns.is_some();
-            let name = self
-                .names
-                .entry(key)
-                .or_insert_with(|| procmaps::comm(p.pid).unwrap_or_else(|| "?".into()));
+            let name = self.names.entry(key).or_insert_with(|| {
+                procmaps::comm(p.pid)
+                    .or_else(|| p.comm.clone())
+                    .unwrap_or_else(|| "?".into())
+            });
+            if name == "?"
+                && let Some(c) = &p.comm
+            {
+                name.clone_from(c);
+            }
             let growth = h.growth(window);
             let (allocs_per_s, frees_per_s) = h.rates(window);
             let old = p.bytes_older_than(now_ns.saturating_sub(window));

@@ -192,8 +192,20 @@ impl Tracker {
                     });
                 }
             }
-            Event::Exec { .. } => self.on_exec(meta.pid, ts),
-            Event::Exit { .. } => self.on_exit(meta.pid, ts),
+            Event::Exec { comm, .. } => {
+                self.on_exec(meta.pid, ts);
+                if let Some(p) = self.live.get_mut(&meta.pid) {
+                    p.comm = comm.text();
+                }
+            }
+            Event::Exit { comm, .. } => {
+                if let Some(p) = self.live.get_mut(&meta.pid)
+                    && p.comm.is_none()
+                {
+                    p.comm = comm.text();
+                }
+                self.on_exit(meta.pid, ts);
+            }
         }
     }
 

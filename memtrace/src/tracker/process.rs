@@ -68,6 +68,8 @@ pub struct Process {
     pub first_ns: u64,
     pub last_ns: u64,
     pub exited_ns: Option<u64>,
+    /// Command name, when the kernel told it (exec, exit).
+    pub comm: Option<String>,
     pub heap: HashMap<u64, Block>,
     pub(super) regions: Regions,
     pub stacks: Vec<StackAgg>,
@@ -105,6 +107,7 @@ impl Process {
             first_ns: ts,
             last_ns: ts,
             exited_ns: None,
+            comm: None,
             heap: HashMap::new(),
             regions: Regions::default(),
             stacks: Vec::new(),

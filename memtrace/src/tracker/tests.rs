@@ -128,9 +128,13 @@ fn exec_starts_afresh_and_exit_freezes() {
     t.on_event(&Event::Exec {
         meta: meta(5),
         old_tid: P,
+        comm: Default::default(),
     });
     t.on_event(&alloc(0x20, 3, S2));
-    t.on_event(&Event::Exit { meta: meta(9) });
+    t.on_event(&Event::Exit {
+        meta: meta(9),
+        comm: Default::default(),
+    });
     assert_eq!(t.live().count(), 0);
     let p = proc_of(&t);
     assert_eq!(p.exited_ns, Some(9));
@@ -354,6 +358,7 @@ fn held_follows_exec_exit_and_retention() {
     t.on_event(&Event::Exec {
         meta: meta(3),
         old_tid: P,
+        comm: Default::default(),
     });
     assert_eq!(t.held(), 1);
     t.on_event(&Event::Free {
@@ -361,7 +366,10 @@ fn held_follows_exec_exit_and_retention() {
         addr: 1,
     });
     t.on_event(&alloc(0x30, 1, S1));
-    t.on_event(&Event::Exit { meta: meta(4) });
+    t.on_event(&Event::Exit {
+        meta: meta(4),
+        comm: Default::default(),
+    });
     assert_eq!(t.held(), 1);
     t.retain_exited(|_| false);
     assert_eq!(t.held(), 0);
