@@ -386,7 +386,8 @@ fn dump(
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let path = PathBuf::from(format!("memtrace-{}-{stamp}.{ext}", key.pid));
+    let name = format!("memtrace-{}-{stamp}.{ext}", key.pid);
+    let path = std::env::current_dir().map_or_else(|_| PathBuf::from(&name), |d| d.join(&name));
     let kc = t.col.kernel_counters();
     let meta = report::Meta {
         pid: key.pid,
