@@ -51,6 +51,11 @@ pub struct Header {
     pub events_per_s: f64,
     pub lost_events: u64,
     pub untracked_frees: u64,
+    /// Allocations whose user stack could not be captured.
+    pub stack_failures: u64,
+    /// Allocations and process events not tracked because of memtrace's
+    /// bounds (--max-allocations, the process cap).
+    pub dropped: u64,
     /// memtrace's own CPU, percent of one core.
     pub cpu_percent: f64,
     /// Scope: "all processes" or "PIDs 12, 34".

@@ -76,9 +76,11 @@ impl View {
 
         let mut rows = Vec::new();
         let mut untracked = 0;
+        let mut dropped = col.tracker.totals.dropped_process_events;
         for p in col.tracker.live().chain(col.tracker.exited()) {
             let key = key_of(p);
             untracked += p.counters.untracked_frees;
+            dropped += p.counters.dropped;
             let h = self.histories.entry(key).or_default();
             if p.exited_ns.is_none() || h.last().is_none() {
                 h.push(Sample {
@@ -140,6 +142,8 @@ impl View {
             events_per_s,
             lost_events: kc.lost() + col.tracker.totals.decode_errors,
             untracked_frees: untracked,
+            stack_failures: kc.stack_fail + col.stacks.fetch_failures,
+            dropped,
             cpu_percent: self.cpu.percent(now_ns),
             scope: self.scope.clone(),
         };

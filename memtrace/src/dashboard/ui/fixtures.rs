@@ -88,6 +88,8 @@ pub fn snapshot() -> Snapshot {
             events_per_s: 372_000.0,
             lost_events: 0,
             untracked_frees: 12,
+            stack_failures: 0,
+            dropped: 0,
             cpu_percent: 3.4,
             scope: "all processes".into(),
         },

@@ -54,7 +54,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     } else {
         bold()
     };
-    let cost = Line::from(vec![
+    let mut cost = vec![
         Span::raw("memtrace: "),
         Span::styled(fmt::compact(h.events_per_s), bold()),
         Span::raw(" events/s · "),
@@ -63,7 +63,16 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         Span::styled(fmt::count(h.untracked_frees), untracked),
         Span::raw(" untracked frees · CPU "),
         Span::styled(fmt::percent(h.cpu_percent), bold()),
-    ]);
+    ];
+    // Rarer losses, shown only when they happen.
+    for (n, what) in [(h.stack_failures, " no stack"), (h.dropped, " dropped")] {
+        if n > 0 {
+            cost.push(Span::raw(" · "));
+            cost.push(Span::styled(fmt::count(n), warn()));
+            cost.push(Span::raw(what));
+        }
+    }
+    let cost = Line::from(cost);
 
     frame.render_widget(Paragraph::new(vec![title, totals, cost]), area);
     if app.paused() && area.height >= HEIGHT {

@@ -275,3 +275,19 @@ fn any_size_help() {
     app.toggle_help();
     sweep(&app);
 }
+
+#[test]
+fn table_with_losses_in_the_header() {
+    let mut snapshot = fixtures::snapshot();
+    snapshot.header.lost_events = 17;
+    snapshot.header.stack_failures = 93;
+    snapshot.header.dropped = 4;
+    let mut app = App::new();
+    app.update(snapshot);
+    let screen = render(&app, 120, 12);
+    snap!("table_with_losses", app, 120, 12);
+    let cost = screen.lines().nth(2).unwrap_or_default();
+    assert!(cost.contains("17 lost"), "{cost}");
+    assert!(cost.contains("93 no stack"), "{cost}");
+    assert!(cost.contains("4 dropped"), "{cost}");
+}
