@@ -14,6 +14,10 @@ pub const MAP_EVENTS: &str = "EVENTS";
 pub const MAP_INFLIGHT: &str = "INFLIGHT";
 /// Name of the per-thread map holding the C++ `operator new` call context.
 pub const MAP_CXX_CTX: &str = "CXX_CTX";
+/// Name of the set of live sampled addresses (sampling only).
+pub const MAP_SAMPLED: &str = "SAMPLED";
+/// Global: mean bytes between samples (0: trace every allocation).
+pub const GLOBAL_SAMPLE_BYTES: &str = "SAMPLE_BYTES";
 /// Name of the user stack trace map.
 pub const MAP_STACKS: &str = "STACKS";
 /// Name of the per-CPU array of loss counters, indexed by [`Counter`].
@@ -121,6 +125,8 @@ const _: () = assert!(size_of::<Event>() == EVENT_SIZE);
 pub struct Inflight {
     /// `func::*` of the outermost allocator call on this thread.
     pub func: u16,
+    /// `[0]`: nonzero when the call was not sampled (only its nesting
+    /// matters); the rest is padding.
     pub _pad: [u16; 3],
     /// Stack pointer at entry; nested calls have a lower one.
     pub sp: u64,
@@ -160,8 +166,11 @@ pub enum Counter {
     ReturnWithoutEntry = 3,
     /// Reading `*memptr` after posix_memalign failed.
     ReadFail = 4,
+    /// A sampled block could not be remembered (the SAMPLED map was full):
+    /// its free will not be seen.
+    SampledFull = 5,
 }
-pub const COUNTER_COUNT: u32 = 5;
+pub const COUNTER_COUNT: u32 = 6;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -170,6 +179,7 @@ impl Counter {
         Counter::StackFail,
         Counter::ReturnWithoutEntry,
         Counter::ReadFail,
+        Counter::SampledFull,
     ];
 }
 

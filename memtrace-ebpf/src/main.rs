@@ -44,6 +44,16 @@ static INFLIGHT: HashMap<u32, Inflight> = HashMap::with_max_entries(16384, 0);
 #[map(name = "CXX_CTX")]
 static CXX_CTX: HashMap<u32, CxxCtx> = HashMap::with_max_entries(16384, 0);
 
+/// Addresses of sampled heap blocks still live (only with sampling on):
+/// frees of other addresses emit nothing. Size overridden at load.
+#[map(name = "SAMPLED")]
+static SAMPLED: HashMap<u64, u8> = HashMap::with_max_entries(1, 0);
+
+/// Bytes left until the next sample, per CPU (sampling is a Poisson process
+/// over the byte stream: any split of the stream samples alike).
+#[map(name = "SAMPLER")]
+static SAMPLER: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// User stacks. Size overridden by userspace at load.
 #[map(name = "STACKS")]
 static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
@@ -63,6 +73,19 @@ static TARGET_TGID: u32 = 0;
 /// skip the C++ context lookup.
 #[unsafe(no_mangle)]
 static mut CXX_SEEN: u32 = 0;
+
+/// Mean bytes between samples; 0: every allocation is traced.
+#[unsafe(no_mangle)]
+static SAMPLE_BYTES: u64 = 0;
+
+/// log2(1 + i/64) in Q16, for drawing exponential intervals.
+static LOG2_FRAC: [u32; 64] = [
+    0, 1466, 2909, 4331, 5732, 7112, 8473, 9814, 11136, 12440, 13727, 14996, 16248, 17484, 18704,
+    19909, 21098, 22272, 23433, 24579, 25711, 26830, 27936, 29029, 30109, 31178, 32234, 33279,
+    34312, 35334, 36346, 37346, 38336, 39316, 40286, 41246, 42196, 43137, 44068, 44990, 45904,
+    46809, 47705, 48593, 49472, 50344, 51207, 52063, 52911, 53751, 54584, 55410, 56229, 57040,
+    57845, 58643, 59434, 60219, 60997, 61769, 62534, 63294, 64047, 64794,
+];
 
 /// Pending bytes in the ring above which a submit wakes the reader.
 #[unsafe(no_mangle)]
@@ -143,6 +166,45 @@ fn nested(tid: u32, sp: u64) -> bool {
     }
 }
 
+/// A draw from the exponential distribution with mean `mean`:
+/// `-mean * ln(U)`, with ln computed from log2 (integer part from the
+/// leading zeros, fraction from a 64-entry table) in fixed point.
+#[inline(always)]
+fn exp_interval(mean: u64) -> u64 {
+    // SAFETY: helper without preconditions.
+    let r = unsafe { aya_ebpf::helpers::bpf_get_prandom_u32() } | 1;
+    let lz = r.leading_zeros();
+    let msb = 31 - lz;
+    let frac = ((r << lz) >> 25) & 63;
+    let log2_r = (u64::from(msb) << 16) + u64::from(LOG2_FRAC[frac as usize]);
+    let neg_log2 = (32u64 << 16) - log2_r;
+    // ln 2 in Q16 is 45426.
+    let neg_ln = (neg_log2 * 45426) >> 16;
+    ((mean >> 4) * neg_ln) >> 12
+}
+
+/// Whether an allocation of `size` bytes is sampled (always true when
+/// sampling is off). Probability 1 - exp(-size/mean), as tcmalloc does.
+#[inline(always)]
+fn sampled(size: u64) -> bool {
+    let mean = global_u64(&SAMPLE_BYTES);
+    if mean == 0 {
+        return true;
+    }
+    let Some(left) = SAMPLER.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: per-CPU slot; nothing else runs on this CPU meanwhile.
+    unsafe {
+        if *left > size {
+            *left -= size;
+            return false;
+        }
+        *left = exp_interval(mean).max(1);
+    }
+    true
+}
+
 /// Record an allocator call's entry, unless it is nested in another one.
 #[inline(always)]
 fn enter(ctx: &ProbeContext, f: u16, size: u64, arg0: u64, arg1: u64) -> u32 {
@@ -150,9 +212,13 @@ fn enter(ctx: &ProbeContext, f: u16, size: u64, arg0: u64, arg1: u64) -> u32 {
         return 0;
     };
     let sp = regs_sp(ctx.regs);
+    // Unsampled calls are still recorded, marked, so the calls nested in
+    // them (glibc's mmap inside a large malloc) are still recognised.
+    let is_heap = f != func::MMAP && f != func::MREMAP;
+    let skip = u16::from(is_heap && !sampled(size));
     let rec = Inflight {
         func: f,
-        _pad: [0; 3],
+        _pad: [skip, 0, 0],
         sp,
         size,
         arg0,
@@ -233,6 +299,10 @@ fn release(ctx: &ProbeContext, k: u16, f: u16) -> u32 {
     };
     let addr = arg(ctx, 0);
     if addr == 0 || nested(tid, regs_sp(ctx.regs)) {
+        return 0;
+    }
+    // With sampling, only frees of sampled blocks matter.
+    if k == kind::FREE && global_u64(&SAMPLE_BYTES) != 0 && SAMPLED.remove(addr).is_err() {
         return 0;
     }
     let mut ev = event(k, f, tgid, tid);
@@ -329,6 +399,14 @@ pub fn alloc_ret(ctx: RetProbeContext) -> u32 {
     }
     let _ = INFLIGHT.remove(tid);
     let ret: u64 = ctx.ret();
+    let sampling = global_u64(&SAMPLE_BYTES) != 0;
+    let keep_new = rec._pad[0] == 0;
+    if sampling && rec.func == func::REALLOC {
+        return sampled_realloc(&ctx, &rec, ret, keep_new, tgid, tid, sp);
+    }
+    if !keep_new {
+        return 0;
+    }
 
     let mut ev = event(kind::ALLOC, rec.func, tgid, tid);
     ev.size = rec.size;
@@ -387,11 +465,59 @@ pub fn alloc_ret(ctx: RetProbeContext) -> u32 {
             ev.addr = ret;
         }
     }
-    let (stack_id, caller, fl) = stack_for(&ctx, tid, sp);
+    if sampling && ev.kind == kind::ALLOC {
+        remember_sampled(ev.addr);
+    }
+    finish(&ctx, ev, tid, sp);
+    0
+}
+
+#[inline(always)]
+fn finish(ctx: &RetProbeContext, mut ev: Event, tid: u32, sp: u64) {
+    let (stack_id, caller, fl) = stack_for(ctx, tid, sp);
     ev.stack_id = stack_id;
     ev.caller = caller;
     ev.flags = fl;
     emit(&ev);
+}
+
+#[inline(always)]
+fn remember_sampled(addr: u64) {
+    if SAMPLED.insert(addr, 1u8, 0).is_err() {
+        bump(Counter::SampledFull);
+    }
+}
+
+/// realloc with sampling: the old block matters if it was sampled, the new
+/// one if this call was.
+#[inline(always)]
+fn sampled_realloc(
+    ctx: &RetProbeContext,
+    rec: &Inflight,
+    ret: u64,
+    keep_new: bool,
+    tgid: u32,
+    tid: u32,
+    sp: u64,
+) -> u32 {
+    let old = rec.arg0;
+    let freed = ret != 0 || rec.size == 0;
+    let old_sampled = old != 0 && freed && SAMPLED.remove(old).is_ok();
+    let mut ev = event(kind::ALLOC, func::REALLOC, tgid, tid);
+    ev.size = rec.size;
+    if ret != 0 && keep_new {
+        ev.addr = ret;
+        if old_sampled {
+            ev.kind = kind::REALLOC;
+            ev.old_addr = old;
+        }
+        remember_sampled(ret);
+        finish(ctx, ev, tid, sp);
+    } else if old_sampled {
+        ev.kind = kind::FREE;
+        ev.addr = old;
+        emit(&ev);
+    }
     0
 }
 

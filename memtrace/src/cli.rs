@@ -108,6 +108,38 @@ pub struct Tuning {
     /// counted as dropped, never silently lost.
     #[arg(long, global = true, value_name = "N", default_value_t = 4_000_000)]
     pub max_allocations: usize,
+
+    /// Sample allocations instead of tracing each: every allocation of s
+    /// bytes is traced with probability 1 - exp(-s/N) (N like 512KiB), and
+    /// reported values become unbiased estimates. Much cheaper for small
+    /// allocations.
+    #[arg(long, global = true, value_name = "N", value_parser = parse_size)]
+    pub sample_bytes: Option<u64>,
+}
+
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (try 512KiB, 1MiB, 65536)"))?;
+    let mult: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "'{s}': unknown unit '{unit}' (use KiB, MiB or GiB)"
+            ));
+        }
+    };
+    match n.checked_mul(mult) {
+        Some(v) if v > 0 => Ok(v),
+        Some(_) => Err(format!("'{s}' must be positive")),
+        None => Err(format!("'{s}' is too large")),
+    }
 }
 
 pub fn parse_pid(s: &str) -> Result<u32, String> {
@@ -169,6 +201,16 @@ mod tests {
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         for bad in ["0", "0s", "-1s", "abc", "10x", "", "1e9h"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("1m"), Ok(1 << 20));
+        assert_eq!(parse_size("65536"), Ok(65536));
+        for bad in ["0", "-1", "x", "1TiB", "99999999999999GiB"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
         }
     }
 

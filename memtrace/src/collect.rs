@@ -24,12 +24,13 @@ pub struct KernelCounters {
     pub stack_fail: u64,
     pub return_without_entry: u64,
     pub read_fail: u64,
+    pub sampled_full: u64,
 }
 
 impl KernelCounters {
     /// Events lost on the way to userspace.
     pub fn lost(&self) -> u64 {
-        self.ring_full + self.inflight_full + self.read_fail
+        self.ring_full + self.inflight_full + self.read_fail + self.sampled_full
     }
 }
 
@@ -142,6 +143,7 @@ impl Collector {
             stack_fail: get(Counter::StackFail),
             return_without_entry: get(Counter::ReturnWithoutEntry),
             read_fail: get(Counter::ReadFail),
+            sampled_full: get(Counter::SampledFull),
         }
     }
 }

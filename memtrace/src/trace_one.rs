@@ -157,6 +157,7 @@ async fn trace(
         floor_only: tuning.floor,
         ring_bytes: tuning.ring_bytes,
         stack_entries: tuning.stack_entries,
+        sample_bytes: tuning.sample_bytes.unwrap_or(0),
     };
     let mut loaded = probes::load(&opts)?;
     let libs = match &target {
@@ -173,6 +174,7 @@ async fn trace(
         allocations: tuning.max_allocations,
         ..Limits::default()
     });
+    tracker.set_sample_bytes(tuning.sample_bytes.unwrap_or(0));
     let mut col = Collector::new(&mut loaded.ebpf, tracker)?;
 
     let mut sigint = signal(SignalKind::interrupt()).context("installing signal handlers")?;

@@ -67,6 +67,7 @@ fn attach(args: &DashboardArgs, tuning: &Tuning) -> Result<Tracing> {
         floor_only: tuning.floor,
         ring_bytes: tuning.ring_bytes,
         stack_entries: tuning.stack_entries,
+        sample_bytes: tuning.sample_bytes.unwrap_or(0),
     };
     let mut loaded = probes::load(&opts)?;
     let mut links = probes::Links::default();
@@ -85,6 +86,7 @@ fn attach(args: &DashboardArgs, tuning: &Tuning) -> Result<Tracing> {
         allocations: tuning.max_allocations,
         ..Limits::default()
     });
+    tracker.set_sample_bytes(tuning.sample_bytes.unwrap_or(0));
     let col = Collector::new(&mut loaded.ebpf, tracker)?;
     Ok(Tracing { loaded, links, col })
 }
@@ -128,7 +130,14 @@ async fn session(args: DashboardArgs, tuning: &Tuning) -> Result<()> {
     let origin_ns = system::monotonic_ns();
     let mut tracing = attach(&args, tuning)?;
     let attach_ms = t0.elapsed().as_millis() as u64;
-    let mut view = View::new(origin_ns, WINDOW, scope_text(&args.pids));
+    let mut scope = scope_text(&args.pids);
+    if let Some(n) = tuning.sample_bytes {
+        scope.push_str(&format!(
+            " · sampled every ~{} (estimates)",
+            crate::report::text::human_bytes(n)
+        ));
+    }
+    let mut view = View::new(origin_ns, WINDOW, scope);
     let outcome = match args.headless {
         Some(d) => headless(&mut tracing, &mut view, args.delay, d, attach_ms).await,
         None => interactive(&mut tracing, &mut view, &args, attach_ms).await,

@@ -81,11 +81,18 @@ impl View {
             let key = key_of(p);
             untracked += p.counters.untracked_frees;
             dropped += p.counters.dropped;
+            let (bytes, allocs) = report::shown(
+                p.sample_bytes,
+                p.outstanding_bytes,
+                p.outstanding_allocations,
+                p.est_bytes,
+                p.est_allocations,
+            );
             let h = self.histories.entry(key).or_default();
             if p.exited_ns.is_none() || h.last().is_none() {
                 h.push(Sample {
                     t_ns: now_ns,
-                    outstanding_bytes: p.outstanding_bytes,
+                    outstanding_bytes: bytes,
                     allocations: p.counters.allocations,
                     frees: p.counters.frees,
                 });
@@ -109,8 +116,8 @@ impl View {
                 pid: p.pid,
                 comm: name.clone(),
                 rss_bytes: if exited { None } else { rss(p.pid) },
-                outstanding_bytes: p.outstanding_bytes,
-                outstanding_allocations: p.outstanding_allocations,
+                outstanding_bytes: bytes,
+                outstanding_allocations: allocs,
                 growth_bytes_per_s: growth,
                 oldest_age: p
                     .oldest_ns()

@@ -21,7 +21,8 @@ use aya::{
     },
 };
 use memtrace_common::{
-    GLOBAL_FLOOR_ONLY, GLOBAL_SELF_TGID, GLOBAL_TARGET_TGID, MAP_EVENTS, MAP_STACKS, func,
+    GLOBAL_FLOOR_ONLY, GLOBAL_SAMPLE_BYTES, GLOBAL_SELF_TGID, GLOBAL_TARGET_TGID, MAP_EVENTS,
+    MAP_SAMPLED, MAP_STACKS, func,
 };
 
 use self::{elf::ElfSyms, prologue::Choice};
@@ -145,6 +146,8 @@ pub struct LoadOptions {
     pub floor_only: bool,
     pub ring_bytes: u32,
     pub stack_entries: u32,
+    /// Mean bytes between samples (0: trace every allocation).
+    pub sample_bytes: u64,
 }
 
 impl Default for LoadOptions {
@@ -154,6 +157,7 @@ impl Default for LoadOptions {
             floor_only: false,
             ring_bytes: 16 << 20,
             stack_entries: 32768,
+            sample_bytes: 0,
         }
     }
 }
@@ -164,11 +168,15 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
     let floor = u32::from(opts.floor_only);
     let target = opts.target_tgid;
     let wakeup = u64::from(opts.ring_bytes / 4);
+    let sample = opts.sample_bytes;
+    let sampled_entries = if sample == 0 { 1 } else { 1 << 20 };
     let mut ebpf = EbpfLoader::new()
         .override_global(GLOBAL_SELF_TGID, &self_tgid, true)
         .override_global(GLOBAL_FLOOR_ONLY, &floor, true)
         .override_global(GLOBAL_TARGET_TGID, &target, true)
         .override_global("WAKEUP_BYTES", &wakeup, true)
+        .override_global(GLOBAL_SAMPLE_BYTES, &sample, true)
+        .map_max_entries(MAP_SAMPLED, sampled_entries)
         .map_max_entries(MAP_EVENTS, opts.ring_bytes)
         .map_max_entries(MAP_STACKS, opts.stack_entries)
         .load(EBPF_OBJECT)

@@ -3,7 +3,7 @@
 //! stacks.
 
 mod folded;
-mod text;
+pub mod text;
 
 use std::collections::HashMap;
 
@@ -38,6 +38,10 @@ pub struct Report {
     pub duration_ms: u64,
     pub summary: Summary,
     pub stacks: Vec<StackReport>,
+    /// Mean bytes between samples when sampling (`--sample-bytes`), else
+    /// null. When set, outstanding bytes and allocations are unbiased
+    /// estimates; the other counters count the sampled allocations.
+    pub sample_bytes: Option<u64>,
     /// Things the user should know about this report (attach notes, files
     /// that could not be symbolized, ...).
     pub notes: Vec<String>,
@@ -119,6 +123,8 @@ pub struct Meta {
 pub struct Input {
     pub outstanding_bytes: u64,
     pub outstanding_allocations: u64,
+    /// Mean bytes between samples (0: not sampling; values are exact).
+    pub sample_bytes: u64,
     pub counters: crate::tracker::ProcCounters,
     pub stacks: Vec<InputStack>,
 }
@@ -146,10 +152,17 @@ pub fn input_of(p: &Process, stacks: &Stacks, limit: usize) -> Input {
         .into_iter()
         .map(|i| {
             let agg = &p.stacks[i];
+            let (bytes, allocs) = shown(
+                p.sample_bytes,
+                agg.outstanding_bytes,
+                agg.outstanding_allocations,
+                agg.est_bytes,
+                agg.est_allocations,
+            );
             InputStack {
                 kind: agg.kind,
-                outstanding_bytes: agg.outstanding_bytes,
-                outstanding_allocations: agg.outstanding_allocations,
+                outstanding_bytes: bytes,
+                outstanding_allocations: allocs,
                 oldest_ns: oldest[i],
                 frames: stacks
                     .frames(agg.stack)
@@ -159,11 +172,34 @@ pub fn input_of(p: &Process, stacks: &Stacks, limit: usize) -> Input {
             }
         })
         .collect();
+    let (outstanding_bytes, outstanding_allocations) = shown(
+        p.sample_bytes,
+        p.outstanding_bytes,
+        p.outstanding_allocations,
+        p.est_bytes,
+        p.est_allocations,
+    );
     Input {
-        outstanding_bytes: p.outstanding_bytes,
-        outstanding_allocations: p.outstanding_allocations,
+        outstanding_bytes,
+        outstanding_allocations,
+        sample_bytes: p.sample_bytes,
         counters: p.counters,
         stacks,
+    }
+}
+
+/// The counted values, or when sampling the estimates, rounded.
+pub fn shown(
+    sample_bytes: u64,
+    bytes: u64,
+    allocs: u64,
+    est_bytes: f64,
+    est_allocs: f64,
+) -> (u64, u64) {
+    if sample_bytes == 0 {
+        (bytes, allocs)
+    } else {
+        (est_bytes.round() as u64, est_allocs.round() as u64)
     }
 }
 
@@ -238,12 +274,30 @@ pub fn build(input: &Input, symbols: &mut Symbols, meta: Meta, losses: Losses) -
     });
 
     let mut notes = meta.notes;
+    if input.sample_bytes > 0 {
+        notes.push(format!(
+            "sampled: each allocation of s bytes was traced with probability 1 - exp(-s/{}); \
+             outstanding bytes and allocations are unbiased estimates, the other counters \
+             count sampled allocations",
+            input.sample_bytes
+        ));
+    }
     let mut failed: Vec<_> = symbols.failed_files.iter().collect();
     failed.sort();
     for (path, why) in failed {
         notes.push(format!("could not symbolize {path}: {why}"));
     }
     let c = &input.counters;
+    // Estimates are rounded per stack: the summary is their sum, so the
+    // report adds up.
+    let (outstanding_bytes, outstanding_allocations) = if input.sample_bytes > 0 {
+        (
+            out.iter().map(|s| s.outstanding_bytes).sum(),
+            out.iter().map(|s| s.outstanding_allocations).sum(),
+        )
+    } else {
+        (input.outstanding_bytes, input.outstanding_allocations)
+    };
     Report {
         schema_version: SCHEMA_VERSION,
         pid: meta.pid,
@@ -252,8 +306,8 @@ pub fn build(input: &Input, symbols: &mut Symbols, meta: Meta, losses: Losses) -
         exited: meta.exited,
         duration_ms: meta.duration_ms,
         summary: Summary {
-            outstanding_bytes: input.outstanding_bytes,
-            outstanding_allocations: input.outstanding_allocations,
+            outstanding_bytes,
+            outstanding_allocations,
             allocated_bytes: c.allocated_bytes,
             allocations: c.allocations,
             frees: c.frees,
@@ -264,6 +318,7 @@ pub fn build(input: &Input, symbols: &mut Symbols, meta: Meta, losses: Losses) -
             dropped_allocations: c.dropped,
         },
         stacks: out,
+        sample_bytes: (input.sample_bytes > 0).then_some(input.sample_bytes),
         notes,
     }
 }

@@ -54,9 +54,10 @@ pub fn render(r: &Report) -> String {
         r.exe,
         human_ms(r.duration_ms)
     );
+    let est = if r.sample_bytes.is_some() { "~" } else { "" };
     let _ = writeln!(
         o,
-        "outstanding: {} bytes ({}) in {} allocations",
+        "outstanding: {est}{} bytes ({}) in {est}{} allocations",
         thousands(s.outstanding_bytes),
         human_bytes(s.outstanding_bytes),
         thousands(s.outstanding_allocations)
@@ -89,7 +90,7 @@ pub fn render(r: &Report) -> String {
     for (i, st) in r.stacks.iter().enumerate() {
         let _ = writeln!(
             o,
-            "\n#{:<3} {} {} bytes in {} allocations, oldest {}",
+            "\n#{:<3} {} {est}{} bytes in {est}{} allocations, oldest {}",
             i + 1,
             st.kind,
             thousands(st.outstanding_bytes),

@@ -129,7 +129,7 @@ impl Process {
                 self.regions.insert(right);
             }
             let last = !self.regions.pieces.contains_key(&r.id);
-            self.sub(r.stack, r.bytes().saturating_sub(kept), last);
+            self.sub(r.stack, r.bytes().saturating_sub(kept), last, 1.0);
         }
     }
 
@@ -159,7 +159,7 @@ impl Process {
             stack,
             id,
         };
-        self.add(stack, r.bytes(), true);
+        self.add(stack, r.bytes(), true, 1.0);
         self.regions.insert(r);
     }
 

@@ -63,6 +63,8 @@ pub struct Tracker {
     limits: Limits,
     /// Outstanding entries held over all processes (live and exited).
     held: usize,
+    /// Mean bytes between samples (0: every allocation is traced).
+    sample_bytes: u64,
 }
 
 impl Tracker {
@@ -82,6 +84,16 @@ impl Tracker {
         self.limits = limits;
     }
 
+    /// Allocations are sampled every `n` bytes on average: weigh each by
+    /// the inverse of its probability of being sampled.
+    pub fn set_sample_bytes(&mut self, n: u64) {
+        self.sample_bytes = n;
+    }
+
+    pub fn sample_bytes(&self) -> u64 {
+        self.sample_bytes
+    }
+
     /// Outstanding entries held over all processes.
     pub fn held(&self) -> usize {
         self.held
@@ -96,9 +108,12 @@ impl Tracker {
     }
 
     fn process(&mut self, pid: u32, ts: u64) -> &mut Process {
-        self.live
-            .entry(pid)
-            .or_insert_with(|| Process::new(pid, ts))
+        let n = self.sample_bytes;
+        self.live.entry(pid).or_insert_with(|| {
+            let mut p = Process::new(pid, ts);
+            p.sample_bytes = n;
+            p
+        })
     }
 
     pub fn on_event(&mut self, ev: &Event) {
@@ -215,6 +230,7 @@ impl Tracker {
         let generation = self.live.remove(&pid).map_or(0, |p| p.generation + 1);
         let mut fresh = Process::new(pid, ts);
         fresh.generation = generation;
+        fresh.sample_bytes = self.sample_bytes;
         self.live.insert(pid, fresh);
     }
 

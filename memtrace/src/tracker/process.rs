@@ -25,16 +25,18 @@ impl Kind {
 }
 
 /// An outstanding heap block.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Block {
     pub size: u64,
     pub ts_ns: u64,
     /// Index into `Process::stacks`.
     pub stack: u32,
+    /// How many allocations this one stands for (1 unless sampling).
+    pub weight: f32,
 }
 
 /// What one allocating stack still holds, and has done.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct StackAgg {
     pub stack: StackRef,
     pub kind: Kind,
@@ -42,6 +44,10 @@ pub struct StackAgg {
     pub outstanding_allocations: u64,
     pub total_allocations: u64,
     pub total_bytes: u64,
+    /// Estimated outstanding bytes and allocations (equal to the counted
+    /// ones unless sampling).
+    pub est_bytes: f64,
+    pub est_allocations: f64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -77,6 +83,11 @@ pub struct Process {
     pub counters: ProcCounters,
     pub outstanding_bytes: u64,
     pub outstanding_allocations: u64,
+    /// Estimated outstanding bytes and allocations (sampling).
+    pub est_bytes: f64,
+    pub est_allocations: f64,
+    /// Mean bytes between samples (0: not sampling).
+    pub sample_bytes: u64,
     /// Sizes of every allocation, bytes.
     pub sizes: Histogram<u64>,
     /// Lifetimes of freed blocks, microseconds.
@@ -115,6 +126,9 @@ impl Process {
             counters: ProcCounters::default(),
             outstanding_bytes: 0,
             outstanding_allocations: 0,
+            est_bytes: 0.0,
+            est_allocations: 0.0,
+            sample_bytes: 0,
             sizes: histogram(),
             lifetimes_us: histogram(),
             room: true,
@@ -138,17 +152,33 @@ impl Process {
             outstanding_allocations: 0,
             total_allocations: 0,
             total_bytes: 0,
+            est_bytes: 0.0,
+            est_allocations: 0.0,
         });
         self.stack_index.insert((stack, kind), i);
         i
     }
 
+    /// How many allocations of `size` bytes one sampled allocation stands
+    /// for: the inverse of its probability 1 - exp(-size/N).
+    pub fn weight(&self, size: u64) -> f64 {
+        if self.sample_bytes == 0 {
+            return 1.0;
+        }
+        let p = -(-(size.max(1) as f64) / self.sample_bytes as f64).exp_m1();
+        if p > 0.0 { 1.0 / p } else { 1.0 }
+    }
+
     /// Account a new outstanding allocation of `bytes` to stack `idx`.
-    pub(super) fn add(&mut self, idx: u32, bytes: u64, new_allocation: bool) {
+    pub(super) fn add(&mut self, idx: u32, bytes: u64, new_allocation: bool, weight: f64) {
         let s = &mut self.stacks[idx as usize];
         s.outstanding_bytes += bytes;
         self.outstanding_bytes += bytes;
+        s.est_bytes += bytes as f64 * weight;
+        self.est_bytes += bytes as f64 * weight;
         if new_allocation {
+            s.est_allocations += weight;
+            self.est_allocations += weight;
             s.outstanding_allocations += 1;
             s.total_allocations += 1;
             s.total_bytes += bytes;
@@ -161,12 +191,16 @@ impl Process {
 
     /// Account the release of `bytes` from stack `idx`; `last_piece` when
     /// the allocation is gone entirely.
-    pub(super) fn sub(&mut self, idx: u32, bytes: u64, last_piece: bool) {
+    pub(super) fn sub(&mut self, idx: u32, bytes: u64, last_piece: bool, weight: f64) {
         let s = &mut self.stacks[idx as usize];
         s.outstanding_bytes = s.outstanding_bytes.saturating_sub(bytes);
         self.outstanding_bytes = self.outstanding_bytes.saturating_sub(bytes);
+        s.est_bytes = (s.est_bytes - bytes as f64 * weight).max(0.0);
+        self.est_bytes = (self.est_bytes - bytes as f64 * weight).max(0.0);
         self.counters.freed_bytes += bytes;
         if last_piece {
+            s.est_allocations = (s.est_allocations - weight).max(0.0);
+            self.est_allocations = (self.est_allocations - weight).max(0.0);
             s.outstanding_allocations = s.outstanding_allocations.saturating_sub(1);
             self.outstanding_allocations = self.outstanding_allocations.saturating_sub(1);
             self.counters.frees += 1;
@@ -181,20 +215,22 @@ impl Process {
         self.touch(ts);
         if let Some(old) = self.heap.remove(&addr) {
             self.counters.missed_frees += 1;
-            self.sub(old.stack, old.size, true);
+            self.sub(old.stack, old.size, true, f64::from(old.weight));
         }
         if !self.room {
             self.counters.dropped += 1;
             return;
         }
         let idx = self.stack_idx(stack, Kind::Heap);
-        self.add(idx, size, true);
+        let weight = self.weight(size);
+        self.add(idx, size, true, weight);
         self.heap.insert(
             addr,
             Block {
                 size,
                 ts_ns: ts,
                 stack: idx,
+                weight: weight as f32,
             },
         );
     }
@@ -203,7 +239,7 @@ impl Process {
         self.touch(ts);
         match self.heap.remove(&addr) {
             Some(b) => {
-                self.sub(b.stack, b.size, true);
+                self.sub(b.stack, b.size, true, f64::from(b.weight));
                 let _ = self.lifetimes_us.record(ts.saturating_sub(b.ts_ns) / 1_000);
             }
             None => self.counters.untracked_frees += 1,
