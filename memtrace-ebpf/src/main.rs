@@ -30,6 +30,7 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
     programs::{ProbeContext, RawTracePointContext, RetProbeContext, tracing::StackIdContext},
 };
+use aya_log_ebpf::warn;
 use memtrace_common::{COUNTER_COUNT, Counter, CxxCtx, Event, Inflight, flags, func, kind};
 
 /// Ring buffer of [`Event`]s. Size overridden by userspace at load.
@@ -235,6 +236,10 @@ fn enter(ctx: &ProbeContext, f: u16, size: u64, arg0: u64, arg1: u64) -> u32 {
     // A stale entry (its return was never seen): replace it.
     if INFLIGHT.insert(tid, rec, 0).is_err() {
         bump(Counter::InflightFull);
+        warn!(
+            ctx,
+            "memtrace: in-flight map full (thread {}): a call was not traced", tid
+        );
     }
     0
 }
@@ -420,6 +425,10 @@ pub fn alloc_ret(ctx: RetProbeContext) -> u32 {
                 Ok(p) => ev.addr = p,
                 Err(_) => {
                     bump(Counter::ReadFail);
+                    warn!(
+                        &ctx,
+                        "memtrace: could not read *memptr after posix_memalign"
+                    );
                     return 0;
                 }
             }
@@ -466,7 +475,7 @@ pub fn alloc_ret(ctx: RetProbeContext) -> u32 {
         }
     }
     if sampling && ev.kind == kind::ALLOC {
-        remember_sampled(ev.addr);
+        remember_sampled(&ctx, ev.addr);
     }
     finish(&ctx, ev, tid, sp);
     0
@@ -482,9 +491,13 @@ fn finish(ctx: &RetProbeContext, mut ev: Event, tid: u32, sp: u64) {
 }
 
 #[inline(always)]
-fn remember_sampled(addr: u64) {
+fn remember_sampled(ctx: &RetProbeContext, addr: u64) {
     if SAMPLED.insert(addr, 1u8, 0).is_err() {
         bump(Counter::SampledFull);
+        warn!(
+            ctx,
+            "memtrace: sampled-address map full: a free will be missed"
+        );
     }
 }
 
@@ -511,7 +524,7 @@ fn sampled_realloc(
             ev.kind = kind::REALLOC;
             ev.old_addr = old;
         }
-        remember_sampled(ret);
+        remember_sampled(ctx, ret);
         finish(ctx, ev, tid, sp);
     } else if old_sampled {
         ev.kind = kind::FREE;

@@ -9,6 +9,7 @@ mod cli;
 mod collect;
 mod dashboard;
 mod decode;
+mod ebpf_log;
 mod launch;
 mod output;
 mod probes;

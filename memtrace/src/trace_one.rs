@@ -169,6 +169,7 @@ async fn trace(
     };
     let mut links = attach(&mut loaded, pid, &libs)?;
     probes::attach_lifecycle(&mut loaded.ebpf)?;
+    let mut messages = crate::ebpf_log::Messages::start(&mut loaded.ebpf);
     let mut tracker = Tracker::with_filter(vec![pid]);
     tracker.set_limits(Limits {
         allocations: tuning.max_allocations,
@@ -205,6 +206,7 @@ async fn trace(
             _ = sigterm.recv() => interrupts += 1,
             _ = sighup.recv() => interrupts += 1,
         }
+        messages.flush();
         if col.drain() > 0 {
             // Normalize new stacks at once: the process may exit any time.
             col.resolve_new_stacks();

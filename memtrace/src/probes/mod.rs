@@ -169,6 +169,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
     let target = opts.target_tgid;
     let wakeup = u64::from(opts.ring_bytes / 4);
     let sample = opts.sample_bytes;
+    let log_level = crate::ebpf_log::level();
     let sampled_entries = if sample == 0 { 1 } else { 1 << 20 };
     let mut ebpf = EbpfLoader::new()
         .override_global(GLOBAL_SELF_TGID, &self_tgid, true)
@@ -176,6 +177,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         .override_global(GLOBAL_TARGET_TGID, &target, true)
         .override_global("WAKEUP_BYTES", &wakeup, true)
         .override_global(GLOBAL_SAMPLE_BYTES, &sample, true)
+        .override_global("AYA_LOG_LEVEL", &log_level, false)
         .map_max_entries(MAP_SAMPLED, sampled_entries)
         .map_max_entries(MAP_EVENTS, opts.ring_bytes)
         .map_max_entries(MAP_STACKS, opts.stack_entries)
