@@ -49,8 +49,9 @@ pub struct Collector {
     counters: PerCpuArray<MapData, u64>,
     pub tracker: Tracker,
     pub stacks: Stacks,
-    /// Per (pid, generation): how many of its stacks are normalized.
-    normalized: HashMap<(u32, u32), usize>,
+    /// Per process image (pid, first event's time): how many of its stacks
+    /// are normalized.
+    normalized: HashMap<(u32, u64), usize>,
     /// Processes in which a thread other than the leader called exec since
     /// the last `take_thread_execs` (PID-scoped probes must be re-attached).
     thread_execs: Vec<u32>,
@@ -113,7 +114,7 @@ impl Collector {
         // Exited processes too: their last stacks may have arrived in the
         // same drain as their exit, and normalize against the last maps seen.
         for p in tracker.live().chain(tracker.exited()) {
-            let done = normalized.entry((p.pid, p.generation)).or_insert(0);
+            let done = normalized.entry((p.pid, p.first_ns)).or_insert(0);
             if *done >= p.stacks.len() {
                 continue;
             }
@@ -124,6 +125,22 @@ impl Collector {
             stacks.normalize(p.pid, new.iter().map(|s| s.stack));
             *done = p.stacks.len();
         }
+    }
+
+    /// Forget what was kept for processes the tracker no longer holds
+    /// (normalization progress, maps snapshots, normalized frames), so a
+    /// long dashboard session does not grow with every process that ever
+    /// ran, and a reused PID starts clean.
+    pub fn prune(&mut self) {
+        let held: std::collections::HashSet<(u32, u64)> = self
+            .tracker
+            .live()
+            .chain(self.tracker.exited())
+            .map(|p| (p.pid, p.first_ns))
+            .collect();
+        let pids: std::collections::HashSet<u32> = held.iter().map(|&(pid, _)| pid).collect();
+        self.normalized.retain(|k, _| held.contains(k));
+        self.stacks.retain_processes(|pid| pids.contains(&pid));
     }
 
     pub fn take_thread_execs(&mut self) -> Vec<u32> {

@@ -69,6 +69,12 @@ impl Stacks {
         }
     }
 
+    /// Keep what is known of the processes for which `keep` is true.
+    pub fn retain_processes(&mut self, keep: impl Fn(u32) -> bool) {
+        self.snapshots.retain(|&pid, _| keep(pid));
+        self.norm.retain(|&(pid, _), _| keep(pid));
+    }
+
     /// Forget what was known of `pid`'s address space (it exec'd).
     pub fn forget_process(&mut self, pid: u32) {
         self.snapshots.remove(&pid);

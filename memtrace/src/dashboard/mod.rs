@@ -210,7 +210,6 @@ async fn headless(
     let mut drain = tokio::time::interval(DRAIN_EVERY);
     drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut refresh = tokio::time::interval(delay);
-    let mut snapshot = model::Snapshot::default();
     let mut cpu_sum = (0.0, 0u32);
     loop {
         tokio::select! {
@@ -221,7 +220,7 @@ async fn headless(
             }
             _ = refresh.tick() => {
                 let kc = t.col.kernel_counters();
-                snapshot = view.refresh(&mut t.col, &kc, system::monotonic_ns());
+                let snapshot = view.refresh(&mut t.col, &kc, system::monotonic_ns());
                 if start.elapsed() > delay {
                     cpu_sum = (cpu_sum.0 + snapshot.header.cpu_percent, cpu_sum.1 + 1);
                 }
@@ -234,8 +233,12 @@ async fn headless(
             break;
         }
     }
+    // One last refresh after the last drain, so every figure below is of
+    // the same moment.
     t.col.drain();
+    t.col.resolve_new_stacks();
     let kc = t.col.kernel_counters();
+    let snapshot = view.refresh(&mut t.col, &kc, system::monotonic_ns());
     let watched = start.elapsed();
     let mut rows = snapshot.rows;
     rows.sort_by(|a, b| b.leak_score.total_cmp(&a.leak_score));

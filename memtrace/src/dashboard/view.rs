@@ -73,6 +73,7 @@ impl View {
             p.exited_ns
                 .is_some_and(|t| now_ns.saturating_sub(t) < grace)
         });
+        col.prune();
 
         let mut rows = Vec::new();
         let mut untracked = 0;

@@ -90,10 +90,6 @@ impl Tracker {
         self.sample_bytes = n;
     }
 
-    pub fn sample_bytes(&self) -> u64 {
-        self.sample_bytes
-    }
-
     /// Outstanding entries held over all processes.
     pub fn held(&self) -> usize {
         self.held
