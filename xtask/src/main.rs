@@ -4,9 +4,11 @@
 //! stderr (like cargo's own progress), so `cargo xtask run -- ... > out`
 //! captures only memtrace's output.
 
+mod bench;
 mod build;
 mod ctx;
 mod setup;
+mod soak;
 mod test;
 
 use std::process::ExitCode;
@@ -25,8 +27,15 @@ commands:
   test [-- ARGS]  setup, then fmt, clippy, eBPF clippy, build, unit tests and
                   the privileged integration tests (ARGS go to the last, e.g.
                   a test name filter)
-  bench           not implemented yet
-  soak            not implemented yet
+  bench [--rounds N] [--quick]
+                  memtrace's overhead against untraced runs, its floor,
+                  bpftrace and heaptrack (as root); the table goes to stdout
+                  and target/bench/latest.md
+  soak [--minutes N]
+                  memtrace --headless over a multi-process workload that
+                  churns, spawns and leaks at known rates for N minutes
+                  (default 10; as root): RSS, counters, lost events and leak
+                  rates are checked, files in target/soak/last-run
 
 options:
   -n, --dry-run   print the commands that would change something instead of
@@ -73,6 +82,8 @@ fn parse(args: Vec<String>) -> Result<Args> {
             }
             "-n" | "--dry-run" => parsed.dry_run = true,
             "-h" | "--help" | "help" => parsed.help = true,
+            _ if parsed.command.as_deref() == Some("bench") => parsed.passthrough.push(arg),
+            _ if parsed.command.as_deref() == Some("soak") => parsed.passthrough.push(arg),
             _ if arg.starts_with('-') => bail!("unknown option `{arg}` (see `cargo xtask --help`)"),
             _ if parsed.command.is_none() => parsed.command = Some(arg),
             _ => parsed.extra.push(arg),
@@ -96,7 +107,7 @@ fn run(args: Vec<String>) -> Result<ExitCode> {
             "{command}: unexpected argument `{word}` (arguments for memtrace or the tests go after `--`)"
         );
     }
-    let takes_passthrough = matches!(command.as_str(), "run" | "test");
+    let takes_passthrough = matches!(command.as_str(), "run" | "test" | "bench" | "soak");
     if !takes_passthrough && !args.passthrough.is_empty() {
         bail!("{command}: takes no arguments after `--`");
     }
@@ -106,7 +117,8 @@ fn run(args: Vec<String>) -> Result<ExitCode> {
         "build" => build::build(&ctx).map(|_| ExitCode::SUCCESS),
         "run" => build::run(&ctx, &args.passthrough).map(|()| ExitCode::SUCCESS),
         "test" => test::test(&ctx, &args.passthrough).map(|()| ExitCode::SUCCESS),
-        "bench" | "soak" => bail!("{command}: not implemented yet"),
+        "bench" => bench::bench(&ctx, &args.passthrough).map(|()| ExitCode::SUCCESS),
+        "soak" => soak::soak(&ctx, &args.passthrough).map(|()| ExitCode::SUCCESS),
         other => bail!("unknown command `{other}` (see `cargo xtask --help`)"),
     }
 }

@@ -25,6 +25,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "bpftrace",
     "heaptrack",
     "tmux",
+    "python3",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
