@@ -20,6 +20,10 @@ pub const MAP_SAMPLED: &str = "SAMPLED";
 pub const GLOBAL_SAMPLE_BYTES: &str = "SAMPLE_BYTES";
 /// Name of the user stack trace map.
 pub const MAP_STACKS: &str = "STACKS";
+/// Name of the second user stack trace map (see `flags::STACK_B`).
+pub const MAP_STACKS_B: &str = "STACKS_B";
+/// Name of the one-entry array selecting the stack map in use (0: STACKS).
+pub const MAP_STACK_SEL: &str = "STACK_SEL";
 /// Name of the per-CPU array of loss counters, indexed by [`Counter`].
 pub const MAP_COUNTERS: &str = "COUNTERS";
 
@@ -84,6 +88,8 @@ pub mod flags {
     /// allocator (recovered from `[rsp]` at entry), to be inserted as the
     /// second frame of the captured stack.
     pub const HAS_CALLER: u16 = 1;
+    /// `stack_id` is in [`super::MAP_STACKS_B`], not [`super::MAP_STACKS`].
+    pub const STACK_B: u16 = 2;
 }
 
 /// One record on the ring buffer. Every kind uses the same layout; fields a

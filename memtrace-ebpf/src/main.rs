@@ -27,7 +27,7 @@ use aya_ebpf::{
         bpf_probe_read_user,
     },
     macros::{map, raw_tracepoint, uprobe, uretprobe},
-    maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
+    maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
     programs::{ProbeContext, RawTracePointContext, RetProbeContext, tracing::StackIdContext},
 };
 use aya_log_ebpf::warn;
@@ -58,6 +58,15 @@ static SAMPLER: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// User stacks. Size overridden by userspace at load.
 #[map(name = "STACKS")]
 static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
+
+/// The second stack map: userspace alternates between the two, clearing
+/// the idle one, so stacks never stop being captured once a map is full.
+#[map(name = "STACKS_B")]
+static STACKS_B: StackTrace = StackTrace::with_max_entries(16384, 0);
+
+/// Which stack map is in use: 0 for STACKS, 1 for STACKS_B.
+#[map(name = "STACK_SEL")]
+static STACK_SEL: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Loss and activity counters, indexed by [`Counter`].
 #[map(name = "COUNTERS")]
@@ -335,9 +344,10 @@ fn cxx_new(ctx: &ProbeContext, delta: u64) -> u32 {
     }
     // SAFETY: reads user memory at the stack pointer; a fault returns Err.
     let caller = unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0);
-    let stack_id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK.into()) {
-        Ok(id) => id,
-        Err(e) => e as i64,
+    // The map used travels in bit 32 of the id.
+    let stack_id = match capture(ctx) {
+        (id, fl) if id >= 0 && fl != 0 => id | 1 << 32,
+        (id, _) => id,
     };
     let rec = CxxCtx {
         sp,
@@ -363,16 +373,35 @@ fn stack_for(ctx: &RetProbeContext, tid: u32, sp: u64) -> (i32, u64, u16) {
         let _ = CXX_CTX.remove(tid);
         if c.sp > sp && c.sp - sp < CXX_CTX_WINDOW {
             if c.stack_id < 0 {
-                bump(Counter::StackFail);
+                return (c.stack_id as i32, c.caller, flags::HAS_CALLER);
             }
-            return (c.stack_id as i32, c.caller, flags::HAS_CALLER);
+            let fl = if c.stack_id >> 32 != 0 {
+                flags::STACK_B
+            } else {
+                0
+            };
+            return (c.stack_id as u32 as i32, c.caller, flags::HAS_CALLER | fl);
         }
     }
-    match ctx.get_stackid(&STACKS, BPF_F_USER_STACK.into()) {
-        Ok(id) => (id as i32, 0, 0),
+    let (id, fl) = capture(ctx);
+    (id as i32, 0, fl)
+}
+
+/// The current user stack's id in the stack map in use, and the flag that
+/// says which map (or a negative errno, counted).
+#[inline(always)]
+fn capture<C: StackIdContext>(ctx: &C) -> (i64, u16) {
+    let b = STACK_SEL.get(0).is_some_and(|&v| v != 0);
+    let r = if b {
+        ctx.get_stackid(&STACKS_B, BPF_F_USER_STACK.into())
+    } else {
+        ctx.get_stackid(&STACKS, BPF_F_USER_STACK.into())
+    };
+    match r {
+        Ok(id) => (id, if b { flags::STACK_B } else { 0 }),
         Err(e) => {
             bump(Counter::StackFail);
-            (e, 0, 0)
+            (i64::from(e), 0)
         }
     }
 }

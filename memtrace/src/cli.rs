@@ -99,8 +99,8 @@ pub struct Tuning {
     #[arg(long, hide = true, global = true, default_value_t = 16 << 20)]
     pub ring_bytes: u32,
 
-    /// Entries of the kernel's stack map.
-    #[arg(long, hide = true, global = true, default_value_t = 32768)]
+    /// Entries of each of the kernel's two stack maps.
+    #[arg(long, hide = true, global = true, default_value_t = 16384)]
     pub stack_entries: u32,
 
     /// Bound on outstanding allocations tracked, over all processes (about

@@ -1,20 +1,30 @@
 //! The live data path: ring buffer → decode → tracker, plus the kernel-side
 //! maps the userspace reads (stacks, loss counters).
 
-use std::collections::HashMap;
+use std::{
+    collections::{HashMap, HashSet},
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf,
-    maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{Array, MapData, PerCpuArray, RingBuf, StackTraceMap},
 };
-use memtrace_common::{Counter, MAP_COUNTERS, MAP_EVENTS, MAP_STACKS};
+use memtrace_common::{Counter, MAP_COUNTERS, MAP_EVENTS, MAP_STACK_SEL, MAP_STACKS, MAP_STACKS_B};
 
 use crate::{
-    decode::{self, Event},
-    stacks::{StackSource, Stacks},
+    decode::{self, Event, SECOND_MAP},
+    stacks::Stacks,
     tracker::Tracker,
 };
+
+/// The errno a stack gets when its kernel id could not be read.
+const ENOENT: i32 = -2;
+/// Stack maps are rotated at most this often, when captures fail...
+const ROTATE_AFTER_FAILURES: Duration = Duration::from_secs(2);
+/// ...and at least this often, so they never fill up.
+const ROTATE_EVERY: Duration = Duration::from_secs(60);
 
 /// Counters kept by the eBPF programs, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -34,12 +44,65 @@ impl KernelCounters {
     }
 }
 
-struct KernelStacks(StackTraceMap<MapData>);
+/// The kernel's two stack maps, used in turns: epoch `e` captures into map
+/// `e % 2`. Rotating clears the idle map (whose epoch ended long enough
+/// ago that all its events were drained) and switches to it.
+struct KernelStacks {
+    maps: [StackTraceMap<MapData>; 2],
+    sel: Array<MapData, u32>,
+    epoch: u64,
+    rotated: Instant,
+    fails_at_rotation: u64,
+    /// (epoch, kernel id) → interned stack id.
+    known: HashMap<(u64, u32), i32>,
+}
 
-impl StackSource for KernelStacks {
-    fn stack(&self, id: u32) -> Option<Vec<u64>> {
-        let st = self.0.get(&id, 0).ok()?;
-        Some(st.frames().iter().map(|f| f.ip).collect())
+impl KernelStacks {
+    /// The interned id of kernel stack `raw` (a decoded id, with
+    /// `SECOND_MAP` set for the second map).
+    fn translate(&mut self, raw: i32, stacks: &mut Stacks) -> i32 {
+        let second = raw & SECOND_MAP != 0;
+        let kid = (raw & !SECOND_MAP) as u32;
+        let map = usize::from(second);
+        let epoch = if map as u64 == self.epoch % 2 {
+            self.epoch
+        } else {
+            self.epoch.saturating_sub(1)
+        };
+        if let Some(&id) = self.known.get(&(epoch, kid)) {
+            return id;
+        }
+        let id = match self.maps[map].get(&kid, 0) {
+            Ok(st) => stacks.intern(st.frames().iter().map(|f| f.ip).collect()),
+            Err(_) => {
+                stacks.fetch_failures += 1;
+                ENOENT
+            }
+        };
+        self.known.insert((epoch, kid), id);
+        id
+    }
+
+    /// Switch maps when captures fail (or now and then).
+    fn maybe_rotate(&mut self, stack_fails: u64) {
+        let age = self.rotated.elapsed();
+        let failing = stack_fails > self.fails_at_rotation;
+        if !(age >= ROTATE_EVERY || (failing && age >= ROTATE_AFTER_FAILURES)) {
+            return;
+        }
+        let next = self.epoch + 1;
+        let idle = (next % 2) as usize;
+        let ids: Vec<u32> = self.maps[idle].stack_ids().filter_map(Result::ok).collect();
+        for id in ids {
+            let _ = self.maps[idle].remove(&id);
+        }
+        let ended = self.epoch.saturating_sub(1);
+        self.known.retain(|&(e, _), _| e != ended);
+        if self.sel.set(0, idle as u32, 0).is_ok() {
+            self.epoch = next;
+        }
+        self.rotated = Instant::now();
+        self.fails_at_rotation = stack_fails;
     }
 }
 
@@ -71,7 +134,14 @@ impl Collector {
     pub fn new(ebpf: &mut Ebpf, tracker: Tracker) -> Result<Self> {
         Ok(Self {
             ring: take(ebpf, MAP_EVENTS)?,
-            stack_map: KernelStacks(take(ebpf, MAP_STACKS)?),
+            stack_map: KernelStacks {
+                maps: [take(ebpf, MAP_STACKS)?, take(ebpf, MAP_STACKS_B)?],
+                sel: take(ebpf, MAP_STACK_SEL)?,
+                epoch: 0,
+                rotated: Instant::now(),
+                fails_at_rotation: 0,
+                known: HashMap::new(),
+            },
             counters: take(ebpf, MAP_COUNTERS)?,
             tracker,
             stacks: Stacks::default(),
@@ -86,7 +156,12 @@ impl Collector {
         while let Some(item) = self.ring.next() {
             n += 1;
             match decode::decode(&item) {
-                Ok(ev) => {
+                Ok(mut ev) => {
+                    if let Some(st) = ev.stack_mut()
+                        && st.id >= 0
+                    {
+                        st.id = self.stack_map.translate(st.id, &mut self.stacks);
+                    }
                     if let Event::Exec { meta, old_tid, .. } = ev {
                         self.stacks.forget_process(meta.pid);
                         if old_tid != 0 && old_tid != meta.pid {
@@ -108,7 +183,6 @@ impl Collector {
             tracker,
             stacks,
             normalized,
-            stack_map,
             ..
         } = self;
         // Exited processes too: their last stacks may have arrived in the
@@ -119,9 +193,6 @@ impl Collector {
                 continue;
             }
             let new = &p.stacks[*done..];
-            for s in new {
-                stacks.fetch(stack_map, s.stack.id);
-            }
             stacks.normalize(p.pid, new.iter().map(|s| s.stack));
             *done = p.stacks.len();
         }
@@ -141,6 +212,21 @@ impl Collector {
         let pids: std::collections::HashSet<u32> = held.iter().map(|&(pid, _)| pid).collect();
         self.normalized.retain(|k, _| held.contains(k));
         self.stacks.retain_processes(|pid| pids.contains(&pid));
+        let used: HashSet<i32> = self
+            .tracker
+            .live()
+            .chain(self.tracker.exited())
+            .flat_map(|p| p.stacks.iter().map(|s| s.stack.id))
+            .collect();
+        self.stacks.retain_stacks(|id| used.contains(&id));
+        self.stack_map.known.retain(|_, id| used.contains(id));
+    }
+
+    /// Rotate the kernel's stack maps when captures fail (full map or
+    /// collisions), or now and then.
+    pub fn maintain(&mut self) {
+        let fails = self.kernel_counters().stack_fail;
+        self.stack_map.maybe_rotate(fails);
     }
 
     pub fn take_thread_execs(&mut self) -> Vec<u32> {

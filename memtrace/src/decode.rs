@@ -23,8 +23,13 @@ pub enum AllocFn {
     Mremap,
 }
 
-/// Where a stack came from: an id in the kernel's stack map (negative when
-/// capture failed), plus an optional caller frame to insert after the first.
+/// Set in a decoded `StackRef::id` when the kernel id is in the second stack
+/// map (the collector then turns every id into a content-interned one).
+pub const SECOND_MAP: i32 = 1 << 24;
+
+/// Where a stack came from: an id (negative when capture failed; from the
+/// decoder a kernel stack-map id, from the collector on a content-interned
+/// one), plus an optional caller frame to insert after the first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct StackRef {
     pub id: i32,
@@ -112,6 +117,17 @@ pub enum Event {
 }
 
 impl Event {
+    /// The stack of an allocation-like event.
+    pub fn stack_mut(&mut self) -> Option<&mut StackRef> {
+        match self {
+            Event::Alloc { stack, .. }
+            | Event::Realloc { stack, .. }
+            | Event::Mmap { stack, .. }
+            | Event::Mremap { stack, .. } => Some(stack),
+            _ => None,
+        }
+    }
+
     pub fn meta(&self) -> &Meta {
         match self {
             Event::Alloc { meta, .. }
@@ -199,7 +215,11 @@ pub fn decode(b: &[u8]) -> Result<Event, DecodeError> {
         ts_ns: w.ts_ns,
     };
     let stack = StackRef {
-        id: w.stack_id,
+        id: if w.stack_id >= 0 && w.flags & flags::STACK_B != 0 {
+            w.stack_id | SECOND_MAP
+        } else {
+            w.stack_id
+        },
         caller: (w.flags & flags::HAS_CALLER != 0 && w.caller != 0).then_some(w.caller),
     };
     Ok(match w.kind {

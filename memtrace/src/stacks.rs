@@ -11,14 +11,12 @@ use crate::{
     procmaps::{FileAddr, Snapshot},
 };
 
-/// Source of raw stacks by id (the kernel's stack trace map in production).
-pub trait StackSource {
-    fn stack(&self, id: u32) -> Option<Vec<u64>>;
-}
-
 #[derive(Default)]
 pub struct Stacks {
+    /// Interned stacks: id → frames, and frames → id.
     ips: HashMap<i32, Arc<[u64]>>,
+    ids: HashMap<Arc<[u64]>, i32>,
+    next_id: i32,
     snapshots: HashMap<u32, Snapshot>,
     /// (pid, return address) → file address of the call instruction.
     norm: HashMap<(u32, u64), Option<FileAddr>>,
@@ -29,20 +27,28 @@ pub struct Stacks {
 }
 
 impl Stacks {
-    /// Read stack `id` from `src` unless already known.
-    pub fn fetch(&mut self, src: &impl StackSource, id: i32) {
-        if id < 0 || self.ips.contains_key(&id) {
-            return;
+    /// The id of a stack with these frames (innermost first), the same for
+    /// the same frames whichever kernel map or id they came from.
+    pub fn intern(&mut self, frames: Vec<u64>) -> i32 {
+        if let Some(&id) = self.ids.get(frames.as_slice()) {
+            return id;
         }
-        match src.stack(id as u32) {
-            Some(v) => {
-                self.ips.insert(id, v.into());
-            }
-            None => {
-                self.fetch_failures += 1;
-                self.ips.insert(id, Arc::from([]));
-            }
-        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let frames: Arc<[u64]> = frames.into();
+        self.ids.insert(frames.clone(), id);
+        self.ips.insert(id, frames);
+        id
+    }
+
+    /// Keep the interned stacks for which `keep` is true.
+    pub fn retain_stacks(&mut self, keep: impl Fn(i32) -> bool) {
+        self.ips.retain(|&id, _| keep(id));
+        self.ids.retain(|_, id| keep(*id));
+    }
+
+    pub fn interned(&self) -> usize {
+        self.ips.len()
     }
 
     /// Raw frames of `s`, innermost first: the captured stack with the
@@ -137,34 +143,49 @@ impl Stacks {
 mod tests {
     use super::*;
 
-    struct Fake;
-    impl StackSource for Fake {
-        fn stack(&self, id: u32) -> Option<Vec<u64>> {
-            (id == 1).then(|| vec![0x1010, 0x2020, 0x3030])
-        }
+    fn interned(s: &mut Stacks) -> i32 {
+        s.intern(vec![0x1010, 0x2020, 0x3030])
+    }
+
+    #[test]
+    fn interning_is_by_content() {
+        let mut s = Stacks::default();
+        let a = interned(&mut s);
+        let b = s.intern(vec![0x1010, 0x2020]);
+        assert_ne!(a, b);
+        assert_eq!(interned(&mut s), a);
+        assert_eq!(s.interned(), 2);
+        s.retain_stacks(|id| id == b);
+        assert_eq!(s.interned(), 1);
+        assert!(
+            s.frames(StackRef {
+                id: a,
+                caller: None
+            })
+            .is_empty()
+        );
+        // A forgotten stack comes back under a new id.
+        assert_ne!(interned(&mut s), a);
     }
 
     #[test]
     fn caller_inserted_unless_present() {
         let mut s = Stacks::default();
-        s.fetch(&Fake, 1);
+        let id = interned(&mut s);
         assert_eq!(
-            s.frames(StackRef {
-                id: 1,
-                caller: None
-            }),
+            s.frames(StackRef { id, caller: None }),
             [0x1010, 0x2020, 0x3030]
         );
         assert_eq!(
             s.frames(StackRef {
-                id: 1,
+                id,
                 caller: Some(0x9999)
             }),
             [0x1010, 0x9999, 0x2020, 0x3030]
         );
         assert_eq!(
             s.frames(StackRef {
-                id: 1,
+                id,
                 caller: Some(0x2020)
             }),
             [0x1010, 0x2020, 0x3030]
@@ -180,38 +201,16 @@ mod tests {
     }
 
     #[test]
-    fn fetch_failure_counted_once() {
-        let mut s = Stacks::default();
-        s.fetch(&Fake, 7);
-        s.fetch(&Fake, 7);
-        assert_eq!(s.fetch_failures, 1);
-        assert!(
-            s.frames(StackRef {
-                id: 7,
-                caller: None
-            })
-            .is_empty()
-        );
-    }
-
-    #[test]
     fn normalizes_at_return_address_minus_one() {
         let mut s = Stacks::default();
-        s.fetch(&Fake, 1);
+        let id = interned(&mut s);
         let maps =
             "0000-2000 r-xp 00000000 fe:01 1 /bin/a\n3000-4000 r-xp 00005000 fe:01 2 /lib/b.so\n";
         let mut reads = 0;
-        s.normalize_with(
-            1,
-            [StackRef {
-                id: 1,
-                caller: None,
-            }],
-            |_| {
-                reads += 1;
-                Some(Snapshot::parse(maps))
-            },
-        );
+        s.normalize_with(1, [StackRef { id, caller: None }], |_| {
+            reads += 1;
+            Some(Snapshot::parse(maps))
+        });
         assert_eq!(reads, 1);
         assert_eq!(s.file_addr(1, 0x1010).unwrap().file_offset, 0x100f);
         assert_eq!(s.file_addr(1, 0x2020), None);
@@ -219,17 +218,10 @@ mod tests {
         assert_eq!(s.file_addr(1, 0x3030).unwrap().file_offset, 0x502f);
         assert_eq!(s.unmapped_frames, 1);
         // Everything known: no more reads.
-        s.normalize_with(
-            1,
-            [StackRef {
-                id: 1,
-                caller: None,
-            }],
-            |_| {
-                reads += 1;
-                None
-            },
-        );
+        s.normalize_with(1, [StackRef { id, caller: None }], |_| {
+            reads += 1;
+            None
+        });
         assert_eq!(reads, 1);
     }
 }

@@ -199,6 +199,7 @@ async fn trace(
     let mut drain = tokio::time::interval(DRAIN_EVERY);
     drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut interrupts = 0;
+    let mut ticks: u32 = 0;
     let exited = loop {
         tokio::select! {
             _ = drain.tick() => {}
@@ -207,6 +208,10 @@ async fn trace(
             _ = sighup.recv() => interrupts += 1,
         }
         messages.flush();
+        ticks = ticks.wrapping_add(1);
+        if ticks % 64 == 0 {
+            col.maintain();
+        }
         if col.drain() > 0 {
             // Normalize new stacks at once: the process may exit any time.
             col.resolve_new_stacks();

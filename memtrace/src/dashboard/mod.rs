@@ -219,6 +219,7 @@ async fn headless(
                 }
             }
             _ = refresh.tick() => {
+                t.col.maintain();
                 let kc = t.col.kernel_counters();
                 let snapshot = view.refresh(&mut t.col, &kc, system::monotonic_ns());
                 if start.elapsed() > delay {
@@ -350,6 +351,7 @@ async fn interactive(
                 }
             }
             _ = refresh.tick() => {
+                t.col.maintain();
                 let kc = t.col.kernel_counters();
                 let now = system::monotonic_ns();
                 app.update(view.refresh(&mut t.col, &kc, now));

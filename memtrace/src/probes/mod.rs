@@ -22,7 +22,7 @@ use aya::{
 };
 use memtrace_common::{
     GLOBAL_FLOOR_ONLY, GLOBAL_SAMPLE_BYTES, GLOBAL_SELF_TGID, GLOBAL_TARGET_TGID, MAP_EVENTS,
-    MAP_SAMPLED, MAP_STACKS, func,
+    MAP_SAMPLED, MAP_STACKS, MAP_STACKS_B, func,
 };
 
 use self::{elf::ElfSyms, prologue::Choice};
@@ -156,7 +156,7 @@ impl Default for LoadOptions {
             target_tgid: 0,
             floor_only: false,
             ring_bytes: 16 << 20,
-            stack_entries: 32768,
+            stack_entries: 16384,
             sample_bytes: 0,
         }
     }
@@ -181,6 +181,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         .map_max_entries(MAP_SAMPLED, sampled_entries)
         .map_max_entries(MAP_EVENTS, opts.ring_bytes)
         .map_max_entries(MAP_STACKS, opts.stack_entries)
+        .map_max_entries(MAP_STACKS_B, opts.stack_entries)
         .load(EBPF_OBJECT)
         .context("loading the eBPF object")?;
     let names: Vec<String> = ebpf.programs().map(|(n, _)| n.to_string()).collect();
