@@ -47,6 +47,7 @@ impl Stacks {
         self.ids.retain(|_, id| keep(*id));
     }
 
+    #[cfg(test)]
     pub fn interned(&self) -> usize {
         self.ips.len()
     }

@@ -209,7 +209,7 @@ async fn trace(
         }
         messages.flush();
         ticks = ticks.wrapping_add(1);
-        if ticks % 64 == 0 {
+        if ticks.is_multiple_of(64) {
             col.maintain();
         }
         if col.drain() > 0 {
