@@ -183,8 +183,10 @@ fn ebpf_clippy(ctx: &Ctx) -> (Cmd, Option<String>) {
 /// cargo still builds as us and runs each test binary through `sudo -E`
 /// (a runner), so no root-owned files land in the target directory.
 fn privileged_tests(ctx: &Ctx, memtrace_bin: &Path, extra: &[String]) -> Cmd {
+    // --no-fail-fast: one failing test binary must not hide the others.
     let mut cmd = ctx.cargo("test").env("MEMTRACE_BIN", memtrace_bin).args([
         "--release",
+        "--no-fail-fast",
         "-p",
         "memtrace-tests",
     ]);
