@@ -125,7 +125,13 @@ impl View {
                     .map(|t| Duration::from_nanos(now_ns.saturating_sub(t))),
                 allocs_per_s,
                 frees_per_s,
-                leak_score: leak_score(growth, h.steadiness(window), old),
+                // An exited process leaks no more: it keeps its row (marked)
+                // for the grace period, not its rank.
+                leak_score: if exited {
+                    0.0
+                } else {
+                    leak_score(growth, h.steadiness(window), old)
+                },
                 exited,
             });
         }
