@@ -24,7 +24,7 @@ use aya_ebpf::{
     },
     helpers::{
         bpf_get_attach_cookie, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        bpf_probe_read_user,
+        bpf_probe_read_user, bpf_send_signal_thread,
     },
     macros::{map, raw_tracepoint, uprobe, uretprobe},
     maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
@@ -392,6 +392,28 @@ pub fn alloc_ret(ctx: RetProbeContext) -> u32 {
     ev.caller = caller;
     ev.flags = fl;
     emit(&ev);
+    0
+}
+
+/// SIGSTOP, the signal `loader_stop` sends.
+const SIGSTOP: u32 = 19;
+
+/// The dynamic loader's `_dl_debug_state` (its debugger hook): called after
+/// it mapped new objects (at start-up and in every `dlopen`), before any of
+/// their code runs. For the one process `report -- CMD` launched (and
+/// ptrace-seized), stop the calling thread: memtrace sees the SIGSTOP as a
+/// ptrace signal stop, attaches to any allocator among the new objects,
+/// and resumes the thread without delivering the signal. Nobody else is
+/// ever signalled.
+#[uprobe]
+pub fn loader_stop(_ctx: ProbeContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let target = global_u32(&TARGET_TGID);
+    if target == 0 || (id >> 32) as u32 != target {
+        return 0;
+    }
+    // SAFETY: helper without memory arguments; it signals the current thread.
+    unsafe { bpf_send_signal_thread(SIGSTOP) };
     0
 }
 

@@ -25,6 +25,12 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "bpftrace",
     "heaptrack",
     "tmux",
+    // allocator discovery tests: a preloaded jemalloc, tcmalloc, a
+    // dlopen()ed mimalloc, musl (libc6-dev, for `cc -static`, comes with g++)
+    "libjemalloc2",
+    "libtcmalloc-minimal4",
+    "libmimalloc2.0",
+    "musl-tools",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -1,0 +1,234 @@
+//! Allocator discovery (privileged): memtrace finds the allocator each
+//! process really uses — a static executable's own malloc, a preloaded
+//! jemalloc or tcmalloc, a copy of libc at another path, a chroot's own
+//! loader and libc, musl, an allocator dlopen()ed after start — and the
+//! report is exactly the ground truth, as with the host's glibc.
+
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+};
+
+use memtrace_tests::{
+    Mode, TempDir, assert_report_for, expected_truth, read_truth, require_ebpf, scenario_test,
+    scenarios, serial, trace_cmd, workload, workload_with,
+};
+
+const LIB_DIR: &str = "/usr/lib/x86_64-linux-gnu";
+const JEMALLOC: &str = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
+const MIMALLOC: &str = "/usr/lib/x86_64-linux-gnu/libmimalloc.so.2.0";
+const TCMALLOC: &str = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4";
+
+/// A file a Debian package installs (setup.rs installs it): a test must
+/// fail, not skip, without it.
+fn need(path: &str, package: &str) -> PathBuf {
+    let p = PathBuf::from(path);
+    assert!(
+        p.exists(),
+        "{path} is missing: install Debian's {package} (cargo xtask setup does)"
+    );
+    p
+}
+
+fn notes(t: &memtrace_tests::Traced) -> String {
+    t.report.json["notes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|n| n.as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
+}
+
+/// Trace `cmd args` (the scenario's workload at `image`, maybe behind
+/// `env`/`chroot`), check the exact ground truth, and that the allocator
+/// named `allocator` (a substring of the report's notes) was traced.
+fn check(
+    s: &scenarios::Scenario,
+    cmd: &Path,
+    args: &[OsString],
+    image: &Path,
+    truth: Option<&Path>,
+    allocator: &str,
+) {
+    let t = trace_cmd(&[], cmd, args);
+    let got = match truth {
+        Some(p) => read_truth(p),
+        None => t.truth.clone(),
+    };
+    assert_eq!(
+        got,
+        expected_truth(s),
+        "the workload did not complete as natively; stderr:\n{}",
+        t.output.stderr
+    );
+    assert_report_for(s, &t.report, Mode::Cmd, image);
+    let n = notes(&t);
+    assert!(
+        n.contains(allocator),
+        "the report's notes do not name {allocator} as traced:\n{n}"
+    );
+}
+
+fn env_cmd(vars: &[(&str, &Path)], prog: &Path, args: &[&str]) -> Vec<OsString> {
+    let mut v: Vec<OsString> = vars
+        .iter()
+        .map(|(k, p)| {
+            let mut s = OsString::from(format!("{k}="));
+            s.push(p.as_os_str());
+            s
+        })
+        .collect();
+    v.push(prog.into());
+    v.extend(args.iter().map(OsString::from));
+    v
+}
+
+#[test]
+fn static_executable_own_malloc() {
+    if !require_ebpf() {
+        return;
+    }
+    let _g = serial();
+    let exe = workload_with("quick", None, &["-static"]);
+    check(
+        &scenarios::QUICK,
+        &exe,
+        &[],
+        &exe,
+        None,
+        "quick (allocator)",
+    );
+}
+
+#[test]
+fn preloaded_jemalloc() {
+    if !require_ebpf() {
+        return;
+    }
+    let _g = serial();
+    let je = need(JEMALLOC, "libjemalloc2");
+    let exe = workload("allocators");
+    let args = env_cmd(&[("LD_PRELOAD", &je)], &exe, &["basic"]);
+    check(
+        &scenarios::ALLOC_BASIC,
+        Path::new("/usr/bin/env"),
+        &args,
+        &exe,
+        None,
+        "libjemalloc.so.2 (allocator)",
+    );
+}
+
+#[test]
+fn preloaded_tcmalloc_cxx_new() {
+    if !require_ebpf() {
+        return;
+    }
+    let _g = serial();
+    let tc = need(TCMALLOC, "libtcmalloc-minimal4");
+    let exe = workload("cxx");
+    let args = env_cmd(&[("LD_PRELOAD", &tc)], &exe, &["no-throw"]);
+    check(
+        &scenarios::CXX_NO_THROW,
+        Path::new("/usr/bin/env"),
+        &args,
+        &exe,
+        None,
+        "libtcmalloc_minimal.so.4",
+    );
+}
+
+#[test]
+fn libc_copy_at_another_path() {
+    if !require_ebpf() {
+        return;
+    }
+    let _g = serial();
+    let dir = TempDir::new("libc-copy");
+    std::fs::copy(Path::new(LIB_DIR).join("libc.so.6"), dir.join("libc.so.6")).expect("copy libc");
+    let exe = workload("quick");
+    let args = env_cmd(&[("LD_LIBRARY_PATH", dir.path())], &exe, &[]);
+    let want = format!("{}/libc.so.6 (allocator)", dir.path().display());
+    check(
+        &scenarios::QUICK,
+        Path::new("/usr/bin/env"),
+        &args,
+        &exe,
+        None,
+        &want,
+    );
+}
+
+#[test]
+fn chroot_with_own_loader_and_libc() {
+    if !require_ebpf() {
+        return;
+    }
+    let _g = serial();
+    let root = TempDir::new("chroot");
+    for (from, to) in [
+        ("/lib64/ld-linux-x86-64.so.2", "lib64/ld-linux-x86-64.so.2"),
+        (
+            &format!("{LIB_DIR}/libc.so.6") as &str,
+            "lib/x86_64-linux-gnu/libc.so.6",
+        ),
+    ] {
+        let dst = root.join(to);
+        std::fs::create_dir_all(dst.parent().expect("parent")).expect("mkdir");
+        std::fs::copy(from, &dst).unwrap_or_else(|e| panic!("copy {from}: {e}"));
+    }
+    std::fs::copy(workload("quick"), root.join("quick")).expect("copy quick");
+    let truth = root.join("truth");
+    let args: Vec<OsString> = vec![
+        "MEMTRACE_TEST_TRUTH=/truth".into(),
+        "/usr/sbin/chroot".into(),
+        root.path().into(),
+        "/quick".into(),
+    ];
+    check(
+        &scenarios::QUICK,
+        Path::new("/usr/bin/env"),
+        &args,
+        &root.join("quick"),
+        Some(&truth),
+        "/lib/x86_64-linux-gnu/libc.so.6 (allocator)",
+    );
+}
+
+#[test]
+fn musl_program() {
+    if !require_ebpf() {
+        return;
+    }
+    let _g = serial();
+    need("/usr/bin/musl-gcc", "musl-tools");
+    let exe = workload_with("quick", Some("musl-gcc"), &[]);
+    check(
+        &scenarios::QUICK,
+        &exe,
+        &[],
+        &exe,
+        None,
+        "/usr/lib/x86_64-linux-musl/libc.so (allocator)",
+    );
+}
+
+scenario_test!(
+    dlopen_allocator_after_start,
+    scenarios::DLOPEN,
+    |t: &memtrace_tests::Traced| {
+        need(MIMALLOC, "libmimalloc2.0");
+        let n = notes(t);
+        assert!(
+            n.contains("libmimalloc.so.2.0 (allocator)"),
+            "mimalloc not traced:\n{n}"
+        );
+        assert!(
+            !n.contains("periodic scan"),
+            "the dlopen()ed allocator was found late:\n{n}"
+        );
+    }
+);
