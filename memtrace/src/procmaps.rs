@@ -168,6 +168,17 @@ pub fn exe(pid: u32) -> Option<String> {
         .map(|p| p.to_string_lossy().into_owned())
 }
 
+/// The cgroup v2 path of `pid` (`0::/path` in `/proc/PID/cgroup`), or the
+/// first v1 line's path.
+pub fn cgroup(pid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("0::"))
+        .or_else(|| text.lines().next())?;
+    line.splitn(3, ':').nth(2).map(str::to_string)
+}
+
 /// The command name (`/proc/PID/comm`), if readable.
 pub fn comm(pid: u32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))

@@ -348,6 +348,7 @@ async fn trace(
         notes.push("no allocator was found in the process: nothing could be traced".into());
     }
     notes.extend(discovery.notes);
+    notes.extend(ident.notes());
     if kc.return_without_entry > 0 {
         notes.push(format!(
             "{} allocator returns had no recorded entry (calls in progress at attach)",
@@ -384,6 +385,10 @@ fn short_name(prog: &str) -> String {
 struct Ident {
     comm: Option<String>,
     exe: Option<String>,
+    /// Its cgroup (v2 path), which names a container or service.
+    cgroup: Option<String>,
+    /// Its root directory, when not memtrace's (chroot, container).
+    root: Option<String>,
 }
 
 impl Ident {
@@ -394,5 +399,27 @@ impl Ident {
         if let Some(e) = procmaps::exe(pid) {
             self.exe = Some(e);
         }
+        if let Some(c) = procmaps::cgroup(pid) {
+            self.cgroup = Some(c);
+        }
+        if !procmaps::same_root(pid)
+            && let Ok(r) = std::fs::read_link(format!("/proc/{pid}/root"))
+        {
+            self.root = Some(r.to_string_lossy().into_owned());
+        }
+    }
+
+    /// Report notes naming where the process ran.
+    fn notes(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if let Some(c) = &self.cgroup {
+            v.push(format!("cgroup: {c}"));
+        }
+        if let Some(r) = &self.root {
+            v.push(format!(
+                "root directory: {r} (chroot or container); PIDs are the host's"
+            ));
+        }
+        v
     }
 }

@@ -52,7 +52,7 @@ fn check(
     image: &Path,
     truth: Option<&Path>,
     allocator: &str,
-) {
+) -> memtrace_tests::Traced {
     let t = trace_cmd(&[], cmd, args);
     let got = match truth {
         Some(p) => read_truth(p),
@@ -70,6 +70,7 @@ fn check(
         n.contains(allocator),
         "the report's notes do not name {allocator} as traced:\n{n}"
     );
+    t
 }
 
 fn env_cmd(vars: &[(&str, &Path)], prog: &Path, args: &[&str]) -> Vec<OsString> {
@@ -188,7 +189,7 @@ fn chroot_with_own_loader_and_libc() {
         root.path().into(),
         "/quick".into(),
     ];
-    check(
+    let t = check(
         &scenarios::QUICK,
         Path::new("/usr/bin/env"),
         &args,
@@ -196,6 +197,39 @@ fn chroot_with_own_loader_and_libc() {
         Some(&truth),
         "/lib/x86_64-linux-gnu/libc.so.6 (allocator)",
     );
+    let n = notes(&t);
+    assert!(
+        n.contains(&format!("root directory: {}", root.path().display())),
+        "the report does not name the chroot:\n{n}"
+    );
+    assert!(
+        n.contains("cgroup: /"),
+        "the report does not name the cgroup:\n{n}"
+    );
+}
+
+#[test]
+fn stripped_static_executable_is_named_not_traced() {
+    if !require_ebpf() {
+        return;
+    }
+    let _g = serial();
+    let dir = TempDir::new("stripped");
+    let exe = dir.join("quick");
+    std::fs::copy(workload_with("quick", None, &["-static"]), &exe).expect("copy");
+    let st = std::process::Command::new("strip")
+        .arg(&exe)
+        .status()
+        .expect("run strip");
+    assert!(st.success(), "strip failed");
+    let t = trace_cmd(&[], &exe, &[]);
+    let n = notes(&t);
+    assert!(
+        n.contains("is statically linked without a symbol table: its allocator cannot be traced"),
+        "{n}"
+    );
+    assert!(n.contains("no allocator was found"), "{n}");
+    assert_eq!(t.report.summary("allocations"), 0);
 }
 
 #[test]
