@@ -170,6 +170,10 @@ impl Allocators {
         {
             let late: Vec<String> = self.discovery.found[before..].to_vec();
             for f in late {
+                if !self.loader {
+                    // --pid: say so (a launched command's stderr is its own).
+                    eprintln!("memtrace: also tracing {f}");
+                }
                 self.discovery.notes.push(format!(
                     "{f} was found by a periodic scan of the memory map (up to {} ms after it \
                      was mapped): allocations it served before then are not seen",
@@ -290,10 +294,17 @@ async fn trace(
                         ident.refresh(pid);
                         child.resume_stopped();
                     }
-                    ChildState::ExecStop { .. } => {
+                    ChildState::ExecStop { former_tid } => {
                         // A new image: find its allocators (a static
-                        // executable's own, the loader's hook) before it runs.
-                        let r = alloc.rescan_after_exec(&mut loaded);
+                        // executable's own, the loader's hook) before it
+                        // runs. Links made for the leader still hold (by
+                        // inode, for this process); an exec from another
+                        // thread needs them made again.
+                        let r = if former_tid == pid {
+                            alloc.scan(&mut loaded).map(|_| ())
+                        } else {
+                            alloc.rescan_after_exec(&mut loaded)
+                        };
                         child.resume_stopped();
                         r.context("attaching to the command's allocators")?;
                     }

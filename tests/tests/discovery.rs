@@ -266,3 +266,83 @@ scenario_test!(
         );
     }
 );
+
+/// `--pid`: an allocator the process dlopen()s after memtrace attached is
+/// found by the periodic scan of its memory map (memtrace says so on
+/// stderr; the test waits for that line, then lets the process allocate).
+#[test]
+fn pid_attach_then_dlopen_allocator() {
+    use memtrace_tests::{ChildGuard, LineReader, Report, bin, memtrace_cmd, secs};
+    use std::{
+        io::Write as _,
+        process::{Command, Stdio},
+    };
+    if !require_ebpf() {
+        return;
+    }
+    let _g = serial();
+    need(MIMALLOC, "libmimalloc2.0");
+    let dir = TempDir::new("pid-dlopen");
+    let report_path = dir.join("report.json");
+    let mut target = ChildGuard(
+        Command::new(workload("dlopen_alloc"))
+            .arg("--wait")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn dlopen_alloc"),
+    );
+    let pid = target.pid();
+    let mut t_in = target.0.stdin.take().expect("stdin");
+    let mut t_out = LineReader::spawn(target.0.stdout.take().expect("stdout"));
+    t_out.wait_for(|l| l == "ready", secs(30)).expect("ready");
+    let mut m = memtrace_cmd(&bin());
+    m.args([
+        "report",
+        "--pid",
+        &pid.to_string(),
+        "--format",
+        "json",
+        "-o",
+    ])
+    .arg(&report_path)
+    .stderr(Stdio::piped());
+    let mut mt = ChildGuard(m.spawn().expect("spawn memtrace"));
+    let mut m_err = LineReader::spawn(mt.0.stderr.take().expect("stderr"));
+    m_err
+        .wait_for(|l| l.starts_with("memtrace: attached to PID"), secs(60))
+        .expect("memtrace attached");
+    t_in.write_all(b"\n").expect("write");
+    t_in.flush().expect("flush");
+    t_out.wait_for(|l| l == "loaded", secs(30)).expect("loaded");
+    m_err
+        .wait_for(
+            |l| l.starts_with("memtrace: also tracing") && l.contains("libmimalloc"),
+            secs(30),
+        )
+        .unwrap_or_else(|e| panic!("memtrace never found mimalloc ({e}):\n{}", m_err.text()));
+    t_in.write_all(b"\n").expect("write");
+    t_in.flush().expect("flush");
+    let st = target.wait_timeout(secs(30)).expect("target exits");
+    assert!(st.success(), "target failed: {st}");
+    let st = mt.wait_timeout(secs(60)).expect("memtrace exits");
+    let err = m_err.finish(secs(5));
+    assert!(st.success(), "memtrace failed: {st}\n{err}");
+    let text = std::fs::read_to_string(&report_path).expect("report written");
+    let r = Report::parse(&text).expect("valid report");
+    use memtrace_tests::Kind;
+    assert_eq!(
+        r.outstanding(Kind::Heap, "leak_dlopen_malloc"),
+        (5 * 700, 5),
+        "{}",
+        r.describe()
+    );
+    assert_eq!(
+        r.outstanding(Kind::Heap, "noleak_dlopen_churn"),
+        (0, 0),
+        "{}",
+        r.describe()
+    );
+    let n = r.json["notes"].to_string();
+    assert!(n.contains("periodic scan"), "{n}");
+}

@@ -7,8 +7,11 @@
  * to the new object before the program calls it. (jemalloc and glibc's
  * static TLS do not mix: it cannot be dlopen()ed.)
  *
- *   dlopen_alloc [LIBRARY [MALLOC FREE]]
+ *   dlopen_alloc [--wait] [LIBRARY [MALLOC FREE]]
  *       default: libmimalloc.so.2 mi_malloc mi_free
+ *       --wait: print "ready" and wait for a line on stdin before dlopen,
+ *               print "loaded" and wait for another before allocating
+ *               through it (the --pid test's synchronisation)
  */
 #include "common.h"
 #include <dlfcn.h>
@@ -38,12 +41,28 @@ NOINLINE void noleak_dlopen_churn(malloc_fn m, free_fn f)
     }
 }
 
+static void wait_line(const char *say)
+{
+    puts(say);
+    fflush(stdout);
+    int c;
+    while ((c = getchar()) != EOF && c != '\n') {
+    }
+}
+
 int main(int argc, char **argv)
 {
+    int wait = argc > 1 && strcmp(argv[1], "--wait") == 0;
+    if (wait) {
+        argv++;
+        argc--;
+    }
     const char *lib = argc > 1 ? argv[1] : "libmimalloc.so.2";
     const char *mname = argc > 3 ? argv[2] : "mi_malloc";
     const char *fname = argc > 3 ? argv[3] : "mi_free";
     leak_before_dlopen();
+    if (wait)
+        wait_line("ready");
     void *h = dlopen(lib, RTLD_NOW | RTLD_LOCAL);
     if (h == NULL)
         fail("dlopen %s: %s", lib, dlerror());
@@ -51,6 +70,8 @@ int main(int argc, char **argv)
     free_fn f = (free_fn)dlsym(h, fname);
     if (m == NULL || f == NULL)
         fail("%s has no %s/%s", lib, mname, fname);
+    if (wait)
+        wait_line("loaded");
     leak_dlopen_malloc(m, 5, 700);
     noleak_dlopen_churn(m, f);
     truth_dump();
