@@ -395,13 +395,17 @@ pub fn alloc_ret(ctx: RetProbeContext) -> u32 {
     0
 }
 
-/// SIGSTOP, the signal `loader_stop` sends.
-const SIGSTOP: u32 = 19;
+/// SIGCHLD, the signal `loader_stop` sends: memtrace's ptrace stops the
+/// thread on it and swallows it; should memtrace die in that instant, the
+/// signal is delivered, and its default action is to be ignored (a handler
+/// sees a spurious SIGCHLD, which `waitpid(WNOHANG)` loops tolerate).
+/// Real SIGCHLDs carry a CLD_* code, never SI_KERNEL.
+const SIGCHLD: u32 = 17;
 
 /// The dynamic loader's `_dl_debug_state` (its debugger hook): called after
 /// it mapped new objects (at start-up and in every `dlopen`), before any of
 /// their code runs. For the one process `report -- CMD` launched (and
-/// ptrace-seized), stop the calling thread: memtrace sees the SIGSTOP as a
+/// ptrace-seized), stop the calling thread: memtrace sees the SIGCHLD as a
 /// ptrace signal stop, attaches to any allocator among the new objects,
 /// and resumes the thread without delivering the signal. Nobody else is
 /// ever signalled.
@@ -413,7 +417,7 @@ pub fn loader_stop(_ctx: ProbeContext) -> u32 {
         return 0;
     }
     // SAFETY: helper without memory arguments; it signals the current thread.
-    unsafe { bpf_send_signal_thread(SIGSTOP) };
+    unsafe { bpf_send_signal_thread(SIGCHLD) };
     0
 }
 

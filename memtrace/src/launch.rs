@@ -219,7 +219,7 @@ impl Child {
                         former_tid: former as u32,
                     };
                 }
-                0 if libc::WSTOPSIG(status) == libc::SIGSTOP && from_kernel(tid) => {
+                0 if libc::WSTOPSIG(status) == libc::SIGCHLD && from_kernel(tid) => {
                     self.stopped = Some(tid);
                     return ChildState::LoaderStop;
                 }

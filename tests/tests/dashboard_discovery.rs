@@ -69,6 +69,10 @@ fn dashboard_finds_preloaded_jemalloc_of_a_new_process() {
                 .find(|r| r["pid"].as_u64() == Some(u64::from(leaker_pid)))
         })
         .unwrap_or_else(|| panic!("no row for the leaker {leaker_pid}:\n{stdout}"));
+    assert!(
+        row["cgroup"].as_str().is_some_and(|c| c.starts_with('/')),
+        "the leaker's row names no cgroup: {row}"
+    );
     let bytes = row["outstanding_bytes"].as_u64().unwrap_or(0);
     // ~350 drips of 10,000 bytes in 3.5 s (plus what jemalloc's process
     // allocates besides); allow for the time before a refresh found

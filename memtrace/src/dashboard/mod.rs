@@ -173,6 +173,8 @@ struct SummaryRow {
     allocations: u64,
     frees: u64,
     exited: bool,
+    /// The process's cgroup (names its container or service), if alive.
+    cgroup: Option<String>,
 }
 
 async fn headless(
@@ -258,6 +260,7 @@ async fn headless(
                     allocations,
                     frees,
                     exited: r.exited,
+                    cgroup: procmaps::cgroup(r.pid),
                 }
             })
             .collect(),
@@ -389,9 +392,11 @@ fn dump(
         exited: p.exited_ns.is_some(),
         duration_ms: now.saturating_sub(key.first_ns.min(now)) / 1_000_000,
         now_ns: p.exited_ns.unwrap_or(now),
-        notes: vec![
+        notes: std::iter::once(
             "from the dashboard: allocations made before memtrace started are not seen".into(),
-        ],
+        )
+        .chain(procmaps::cgroup(key.pid).map(|c| format!("cgroup: {c}")))
+        .collect(),
     };
     let losses = report::Losses {
         lost_events: kc.lost() + t.col.tracker.totals.decode_errors,
