@@ -142,6 +142,48 @@ fn preloaded_tcmalloc_cxx_new() {
     );
 }
 
+/// C++ new/delete through jemalloc's own operator new/delete (sized and
+/// aligned deletes included).
+#[test]
+fn preloaded_jemalloc_cxx_new() {
+    if !require_ebpf() {
+        return;
+    }
+    let _g = serial();
+    let je = need(JEMALLOC, "libjemalloc2");
+    let exe = workload("cxx");
+    let args = env_cmd(&[("LD_PRELOAD", &je)], &exe, &["no-throw"]);
+    check(
+        &scenarios::CXX_NO_THROW,
+        Path::new("/usr/bin/env"),
+        &args,
+        &exe,
+        None,
+        "libjemalloc.so.2 (allocator)",
+    );
+}
+
+/// C++ new/delete through mimalloc's (its aligned deletes jump to
+/// mi_free_*@plt, seen through free).
+#[test]
+fn preloaded_mimalloc_cxx_new() {
+    if !require_ebpf() {
+        return;
+    }
+    let _g = serial();
+    let mi = need(MIMALLOC, "libmimalloc2.0");
+    let exe = workload("cxx");
+    let args = env_cmd(&[("LD_PRELOAD", &mi)], &exe, &["no-throw"]);
+    check(
+        &scenarios::CXX_NO_THROW,
+        Path::new("/usr/bin/env"),
+        &args,
+        &exe,
+        None,
+        "libmimalloc.so.2.0 (allocator)",
+    );
+}
+
 #[test]
 fn libc_copy_at_another_path() {
     if !require_ebpf() {
