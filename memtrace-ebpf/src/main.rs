@@ -24,7 +24,7 @@ use aya_ebpf::{
     },
     helpers::{
         bpf_get_attach_cookie, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        bpf_probe_read_user,
+        bpf_probe_read_user, bpf_send_signal_thread,
     },
     macros::{map, raw_tracepoint, uprobe, uretprobe},
     maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
@@ -384,6 +384,13 @@ fn stack_for(ctx: &RetProbeContext, tid: u32, sp: u64) -> (i32, u64, u16) {
         }
     }
     let (id, fl) = capture(ctx);
+    if id < 0 {
+        // No stack: the return address (this probe's instruction pointer)
+        // still names the function that allocated.
+        // SAFETY: `regs` is the context pointer the kernel passed.
+        let ip = unsafe { (*ctx.regs).rip };
+        return (id as i32, ip, flags::HAS_CALLER);
+    }
     (id as i32, 0, fl)
 }
 
@@ -560,6 +567,32 @@ fn sampled_realloc(
         ev.addr = old;
         emit(&ev);
     }
+    0
+}
+
+/// SIGCHLD, the signal `loader_stop` sends: memtrace's ptrace stops the
+/// thread on it and swallows it; should memtrace die in that instant, the
+/// signal is delivered, and its default action is to be ignored (a handler
+/// sees a spurious SIGCHLD, which `waitpid(WNOHANG)` loops tolerate).
+/// Real SIGCHLDs carry a CLD_* code, never SI_KERNEL.
+const SIGCHLD: u32 = 17;
+
+/// The dynamic loader's `_dl_debug_state` (its debugger hook): called after
+/// it mapped new objects (at start-up and in every `dlopen`), before any of
+/// their code runs. For the one process `report -- CMD` launched (and
+/// ptrace-seized), stop the calling thread: memtrace sees the SIGCHLD as a
+/// ptrace signal stop, attaches to any allocator among the new objects,
+/// and resumes the thread without delivering the signal. Nobody else is
+/// ever signalled.
+#[uprobe]
+pub fn loader_stop(_ctx: ProbeContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let target = global_u32(&TARGET_TGID);
+    if target == 0 || (id >> 32) as u32 != target {
+        return 0;
+    }
+    // SAFETY: helper without memory arguments; it signals the current thread.
+    unsafe { bpf_send_signal_thread(SIGCHLD) };
     0
 }
 

@@ -219,6 +219,10 @@ impl Child {
                         former_tid: former as u32,
                     };
                 }
+                0 if libc::WSTOPSIG(status) == libc::SIGCHLD && from_kernel(tid) => {
+                    self.stopped = Some(tid);
+                    return ChildState::LoaderStop;
+                }
                 _ => self.resume(tid, status),
             }
         }
@@ -235,6 +239,18 @@ impl Child {
     }
 }
 
+/// Whether the signal thread `tid` is stopped with was sent by the kernel
+/// (memtrace's `loader_stop` eBPF program), not by a process.
+fn from_kernel(tid: libc::pid_t) -> bool {
+    const SI_KERNEL: libc::c_int = 0x80;
+    // SAFETY: an all-zero siginfo_t is a valid value of this plain C struct.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: reads the pending signal's siginfo of our stopped tracee into
+    // a valid siginfo_t.
+    let r = unsafe { libc::ptrace(libc::PTRACE_GETSIGINFO, tid, 0usize, &raw mut info) };
+    r == 0 && info.si_code == SI_KERNEL
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum ChildState {
     Running,
@@ -245,6 +261,10 @@ pub enum ChildState {
     ExecStop {
         former_tid: u32,
     },
+    /// A thread is stopped in the dynamic loader's hook (new objects were
+    /// mapped: start-up or dlopen), before their code runs. The signal is
+    /// memtrace's own and is not delivered. Call `resume_stopped`.
+    LoaderStop,
     /// Exited (with its wait status when known).
     Gone(Option<libc::c_int>),
 }

@@ -30,7 +30,16 @@ impl Snapshot {
     /// threads has an empty map: read it through a live thread then.
     pub fn read(pid: u32) -> std::io::Result<Self> {
         let text = read_maps(pid)?;
-        Ok(Self::parse(&text))
+        let mut snap = Self::parse(&text);
+        if !same_root(pid) {
+            // Paths in the map are inside the process's own root (chroot,
+            // container): name each file as memtrace sees it, so it can
+            // still be symbolized after the process is gone.
+            for m in &mut snap.maps {
+                m.path = host_path(pid, m);
+            }
+        }
+        Ok(snap)
     }
 
     /// Parse the text of a maps file; lines that are not executable file
@@ -58,6 +67,33 @@ impl Snapshot {
     #[cfg(test)]
     pub fn paths(&self) -> impl Iterator<Item = &str> {
         self.maps.iter().map(|m| &*m.path)
+    }
+}
+
+/// Whether `pid` has the same root directory as memtrace.
+pub fn same_root(pid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let id = |p: &str| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    match (id("/"), id(&format!("/proc/{pid}/root/"))) {
+        (Some(a), Some(b)) => a == b,
+        _ => true,
+    }
+}
+
+/// The path under which memtrace reaches the file of mapping `m` of a
+/// process with another root: where the mapped file lies in memtrace's own
+/// tree (`map_files` names the exact file), else the path through
+/// `/proc/PID/root` (valid while the process lives).
+fn host_path(pid: u32, m: &Mapping) -> Arc<str> {
+    use std::os::unix::fs::MetadataExt as _;
+    let link = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    match std::fs::read_link(&link) {
+        // The same file, not one that merely has the same name here.
+        Ok(p) if p.is_absolute() && id(&p).is_some() && id(&p) == id(Path::new(&link)) => {
+            Arc::from(p.to_string_lossy().as_ref())
+        }
+        _ => Arc::from(format!("/proc/{pid}/root{}", m.path).as_str()),
     }
 }
 
@@ -130,6 +166,17 @@ pub fn exe(pid: u32) -> Option<String> {
                 .find_map(|t| link(&t.path()))
         })
         .map(|p| p.to_string_lossy().into_owned())
+}
+
+/// The cgroup v2 path of `pid` (`0::/path` in `/proc/PID/cgroup`), or the
+/// first v1 line's path.
+pub fn cgroup(pid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("0::"))
+        .or_else(|| text.lines().next())?;
+    line.splitn(3, ':').nth(2).map(str::to_string)
 }
 
 /// The command name (`/proc/PID/comm`), if readable.

@@ -3,7 +3,7 @@
 
 use std::{
     num::NonZeroU32,
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, Instant},
 };
 
@@ -15,7 +15,10 @@ use crate::{
     collect::Collector,
     launch::{self, ChildState},
     output::Output,
-    probes::{self, LoadOptions},
+    probes::{
+        self, LoadOptions,
+        discover::{self, Discovery},
+    },
     procmaps, report,
     symbolize::Symbols,
     system,
@@ -90,56 +93,95 @@ fn validate_pid(pid: u32) -> Result<u32> {
     Ok(pid)
 }
 
-/// The C library and C++ runtime a process uses, as paths memtrace can
-/// open (through the process's own root).
-fn libraries_of(pid: u32) -> Result<(PathBuf, Option<PathBuf>)> {
-    let in_root = |p: PathBuf| PathBuf::from(format!("/proc/{pid}/root{}", p.display()));
-    let libc = probes::mapped_library(pid, "libc.so.6")
-        .with_context(|| format!("reading the memory map of PID {pid}"))?
-        .ok_or_else(|| {
-            anyhow!(
-                "PID {pid} does not use a dynamically linked glibc (libc.so.6): \
-                 static binaries and other allocators are not supported yet"
+fn scope(pid: u32) -> Result<NonZeroU32> {
+    NonZeroU32::new(pid).ok_or_else(|| anyhow!("invalid PID 0"))
+}
+
+/// How often the memory map is checked for new objects (dlopen without a
+/// loader stop, a process attached with --pid).
+const RESCAN_EVERY: Duration = Duration::from_millis(250);
+
+/// The allocators of the traced process and the links to them.
+struct Allocators {
+    discovery: Discovery,
+    links: probes::Links,
+    pid: NonZeroU32,
+    /// Stop the process at its loader's hook (only a launched command,
+    /// which memtrace ptraces).
+    loader: bool,
+    signature: std::collections::HashSet<discover::FileId>,
+    last_scan: Instant,
+}
+
+impl Allocators {
+    fn new(pid: u32, loader: bool) -> Result<Self> {
+        Ok(Self {
+            discovery: Discovery::default(),
+            links: probes::Links::default(),
+            pid: scope(pid)?,
+            loader,
+            signature: Default::default(),
+            last_scan: Instant::now(),
+        })
+    }
+
+    /// Attach to every allocator object newly mapped by the process.
+    fn scan(&mut self, loaded: &mut probes::Loaded) -> Result<usize> {
+        let pid = self.pid.get();
+        self.last_scan = Instant::now();
+        self.signature = discover::signature(pid).unwrap_or_default();
+        let loader = self.loader.then_some(self.pid);
+        self.discovery
+            .scan(
+                loaded,
+                pid,
+                probes::Scope::Process(self.pid),
+                loader,
+                &mut self.links,
             )
-        })?;
-    let cxx = probes::mapped_library(pid, "libstdc++.so.6").ok().flatten();
-    Ok((in_root(libc), cxx.map(in_root)))
-}
+            .with_context(|| format!("reading the memory map of PID {pid}"))
+    }
 
-fn scope(pid: u32) -> Result<probes::Scope> {
-    NonZeroU32::new(pid)
-        .map(probes::Scope::Process)
-        .ok_or_else(|| anyhow!("invalid PID 0"))
-}
+    /// Start afresh: the process exec'd (links of the old image detached).
+    fn rescan_after_exec(&mut self, loaded: &mut probes::Loaded) -> Result<()> {
+        std::mem::take(&mut self.links).detach(&mut loaded.ebpf);
+        self.discovery.forget_links();
+        self.scan(loaded)?;
+        Ok(())
+    }
 
-/// Plan and attach every allocator probe for `pid`.
-fn attach(
-    loaded: &mut probes::Loaded,
-    pid: u32,
-    libs: &(PathBuf, Option<PathBuf>),
-) -> Result<probes::Links> {
-    let mut links = probes::Links::default();
-    let r = probes::attach_allocators(loaded, &libs.0, libs.1.as_deref(), scope(pid)?, &mut links);
-    match r {
-        Ok(_) => Ok(links),
-        Err(e) => {
-            links.detach(&mut loaded.ebpf);
-            Err(e)
+    /// On the timer: scan again if the set of mapped files changed. Objects
+    /// found this way were mapped without memtrace seeing it at once: their
+    /// earliest allocations may be missed, and the report says so.
+    fn poll(&mut self, loaded: &mut probes::Loaded) {
+        if self.last_scan.elapsed() < RESCAN_EVERY {
+            return;
+        }
+        self.last_scan = Instant::now();
+        let Ok(sig) = discover::signature(self.pid.get()) else {
+            return;
+        };
+        if sig == self.signature {
+            return;
+        }
+        let before = self.discovery.found.len();
+        if let Ok(n) = self.scan(loaded)
+            && n > 0
+        {
+            let late: Vec<String> = self.discovery.found[before..].to_vec();
+            for f in late {
+                if !self.loader {
+                    // --pid: say so (a launched command's stderr is its own).
+                    eprintln!("memtrace: also tracing {f}");
+                }
+                self.discovery.notes.push(format!(
+                    "{f} was found by a periodic scan of the memory map (up to {} ms after it \
+                     was mapped): allocations it served before then are not seen",
+                    RESCAN_EVERY.as_millis()
+                ));
+            }
         }
     }
-}
-
-/// Re-attach the probes of `pid`: a thread other than the leader exec'd,
-/// and PID-scoped links follow the leader they were made for.
-fn reattach(
-    loaded: &mut probes::Loaded,
-    links: &mut probes::Links,
-    pid: u32,
-    libs: &(PathBuf, Option<PathBuf>),
-) -> Result<()> {
-    std::mem::take(links).detach(&mut loaded.ebpf);
-    *links = attach(loaded, pid, libs).context("re-attaching after an exec from a thread")?;
-    Ok(())
 }
 
 async fn trace(
@@ -160,14 +202,26 @@ async fn trace(
         sample_bytes: tuning.sample_bytes.unwrap_or(0),
     };
     let mut loaded = probes::load(&opts)?;
-    let libs = match &target {
-        Target::Attach(pid) => libraries_of(*pid)?,
-        Target::Launch(_) => (
-            probes::host_libc()?,
-            probes::find_in_lib_dirs("libstdc++.so.6"),
-        ),
-    };
-    let mut links = attach(&mut loaded, pid, &libs)?;
+    let mut alloc = Allocators::new(pid, matches!(target, Target::Launch(_)))?;
+    if let Target::Attach(pid) = &target {
+        let r = alloc.scan(&mut loaded);
+        if r.is_err() || !alloc.discovery.has_allocator() {
+            let Allocators {
+                links, discovery, ..
+            } = alloc;
+            links.detach(&mut loaded.ebpf);
+            r?;
+            let why = discovery.notes.join("; ");
+            bail!(
+                "found no allocator to trace in PID {pid}'s memory map{}",
+                if why.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({why})")
+                }
+            );
+        }
+    }
     probes::attach_lifecycle(&mut loaded.ebpf)?;
     let mut messages = crate::ebpf_log::Messages::start(&mut loaded.ebpf);
     let mut tracker = Tracker::with_filter(vec![pid]);
@@ -217,10 +271,13 @@ async fn trace(
             col.resolve_new_stacks();
             ident.refresh(pid);
         }
+        alloc.poll(&mut loaded);
         match &mut target {
             Target::Attach(pid) => {
                 if col.take_thread_execs().contains(pid) {
-                    reattach(&mut loaded, &mut links, *pid, &libs)?;
+                    alloc
+                        .rescan_after_exec(&mut loaded)
+                        .context("re-attaching after an exec")?;
                 }
                 if interrupts > 0 || deadline.is_some_and(|d| Instant::now() >= d) {
                     break false;
@@ -247,10 +304,24 @@ async fn trace(
                         child.resume_stopped();
                     }
                     ChildState::ExecStop { former_tid } => {
-                        if former_tid != pid {
-                            reattach(&mut loaded, &mut links, pid, &libs)?;
-                        }
+                        // A new image: find its allocators (a static
+                        // executable's own, the loader's hook) before it
+                        // runs. Links made for the leader still hold (by
+                        // inode, for this process); an exec from another
+                        // thread needs them made again.
+                        let r = if former_tid == pid {
+                            alloc.scan(&mut loaded).map(|_| ())
+                        } else {
+                            alloc.rescan_after_exec(&mut loaded)
+                        };
                         child.resume_stopped();
+                        r.context("attaching to the command's allocators")?;
+                    }
+                    ChildState::LoaderStop => {
+                        // The loader mapped objects and runs none of them yet.
+                        let r = alloc.scan(&mut loaded);
+                        child.resume_stopped();
+                        r.context("attaching to the command's allocators")?;
                     }
                     // The leader is gone but other threads go on.
                     ChildState::Gone(_) if procmaps::has_live_threads(pid) => {}
@@ -266,6 +337,9 @@ async fn trace(
         ident.refresh(pid);
     }
     // Leave the traced process alone as soon as possible.
+    let Allocators {
+        links, discovery, ..
+    } = alloc;
     links.detach(&mut loaded.ebpf);
     col.drain();
     col.resolve_new_stacks();
@@ -287,6 +361,14 @@ async fn trace(
                 .to_string(),
         );
     }
+    if !discovery.found.is_empty() {
+        notes.push(format!("allocators traced: {}", discovery.found.join(", ")));
+    }
+    if discovery.found.is_empty() {
+        notes.push("no allocator was found in the process: nothing could be traced".into());
+    }
+    notes.extend(discovery.notes);
+    notes.extend(ident.notes());
     if kc.return_without_entry > 0 {
         notes.push(format!(
             "{} allocator returns had no recorded entry (calls in progress at attach)",
@@ -323,6 +405,10 @@ fn short_name(prog: &str) -> String {
 struct Ident {
     comm: Option<String>,
     exe: Option<String>,
+    /// Its cgroup (v2 path), which names a container or service.
+    cgroup: Option<String>,
+    /// Its root directory, when not memtrace's (chroot, container).
+    root: Option<String>,
 }
 
 impl Ident {
@@ -333,5 +419,27 @@ impl Ident {
         if let Some(e) = procmaps::exe(pid) {
             self.exe = Some(e);
         }
+        if let Some(c) = procmaps::cgroup(pid) {
+            self.cgroup = Some(c);
+        }
+        if !procmaps::same_root(pid)
+            && let Ok(r) = std::fs::read_link(format!("/proc/{pid}/root"))
+        {
+            self.root = Some(r.to_string_lossy().into_owned());
+        }
+    }
+
+    /// Report notes naming where the process ran.
+    fn notes(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if let Some(c) = &self.cgroup {
+            v.push(format!("cgroup: {c}"));
+        }
+        if let Some(r) = &self.root {
+            v.push(format!(
+                "root directory: {r} (chroot or container); PIDs are the host's"
+            ));
+        }
+        v
     }
 }

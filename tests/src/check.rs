@@ -136,8 +136,14 @@ pub enum Mode {
 /// Every difference between `r` and the scenario's ground truth (empty: the
 /// report is exactly right).
 pub fn report_errors(s: &Scenario, r: &Report, mode: Mode) -> Vec<String> {
+    report_errors_for(s, r, mode, &final_image_path(s))
+}
+
+/// [`report_errors`] for a run whose final image is `image` (a variant
+/// build of the scenario's workload, a copy of it).
+pub fn report_errors_for(s: &Scenario, r: &Report, mode: Mode, image: &Path) -> Vec<String> {
     let mut errs = Vec::new();
-    let image = final_image_path(s);
+    let image = image.to_path_buf();
 
     // The process and image.
     let exe_ok = std::fs::canonicalize(r.exe())
@@ -298,7 +304,12 @@ pub fn report_errors(s: &Scenario, r: &Report, mode: Mode) -> Vec<String> {
 
 /// Panic with every difference between `r` and the ground truth.
 pub fn assert_report(s: &Scenario, r: &Report, mode: Mode) {
-    let errs = report_errors(s, r, mode);
+    assert_report_for(s, r, mode, &final_image_path(s));
+}
+
+/// [`assert_report`] for a run whose final image is `image`.
+pub fn assert_report_for(s: &Scenario, r: &Report, mode: Mode, image: &Path) {
+    let errs = report_errors_for(s, r, mode, image);
     assert!(
         errs.is_empty(),
         "scenario {}: the report differs from the ground truth:\n  - {}\n--- all stacks ---\n{}",

@@ -223,12 +223,20 @@ pub fn workload_source(name: &str) -> PathBuf {
 /// common.h, compiler and flags) and return the binary's absolute,
 /// canonical path. The binary is named `name`, so its comm is `name`.
 pub fn workload(name: &str) -> PathBuf {
+    workload_with(name, None, &[])
+}
+
+/// [`workload`] built with another compiler (e.g. `musl-gcc`) and/or extra
+/// flags (e.g. `-static`), cached apart. Panics if the compiler is missing.
+pub fn workload_with(name: &str, compiler: Option<&str>, extra: &[&str]) -> PathBuf {
     static BUILD_LOCK: Mutex<()> = Mutex::new(());
     let _g = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
 
     let src = workload_source(name);
     let cxx = src.extension().is_some_and(|e| e == "cpp");
-    let compiler: OsString = if cxx {
+    let compiler: OsString = if let Some(c) = compiler {
+        c.into()
+    } else if cxx {
         std::env::var_os("CXX")
             .filter(|c| !c.is_empty())
             .unwrap_or_else(|| "c++".into())
@@ -243,6 +251,7 @@ pub fn workload(name: &str) -> PathBuf {
     compiler.hash(&mut h);
     std_flag.hash(&mut h);
     WORKLOAD_CFLAGS.hash(&mut h);
+    extra.hash(&mut h);
     std::fs::read(&src)
         .expect("read workload source")
         .hash(&mut h);
@@ -260,6 +269,7 @@ pub fn workload(name: &str) -> PathBuf {
     let res = Command::new(&compiler)
         .arg(std_flag)
         .args(WORKLOAD_CFLAGS)
+        .args(extra)
         .arg("-o")
         .arg(&tmp)
         .arg(&src)

@@ -433,6 +433,15 @@ pub const CXX: Scenario = Scenario {
     ..Scenario::new("cxx", "cxx")
 };
 
+/// [`CXX`] without the throwing operator new (for allocators whose own
+/// operator new gets a return probe).
+pub const CXX_NO_THROW: Scenario = Scenario {
+    name: "cxx_no_throw",
+    args: &["no-throw"],
+    absent: &["noleak_new_delete"],
+    ..CXX
+};
+
 pub const MILLION: Scenario = Scenario {
     source: "million.c",
     expect: &[heap("leak_ten", 7770, 10).from("main")],
@@ -451,6 +460,17 @@ pub const QUICK_EXIT: Scenario = Scenario {
     source: "quick.c",
     expect: &[heap("leak_quick", 3333, 3).from("main")],
     ..Scenario::new("quick_exit", "quick")
+};
+
+/// An allocator dlopen()ed after start (mimalloc's mi_malloc, through dlsym).
+pub const DLOPEN: Scenario = Scenario {
+    source: "dlopen_alloc.c",
+    expect: &[
+        heap("leak_before_dlopen", 1234, 1).from("main"),
+        heap("leak_dlopen_malloc", 5 * 700, 5).from("main"),
+    ],
+    absent: &["noleak_dlopen_churn"],
+    ..Scenario::new("dlopen", "dlopen_alloc")
 };
 
 const PID_LEAKS: &[Expect] = &[
@@ -508,9 +528,11 @@ pub const ALL: &[&Scenario] = &[
     &EXEC_FROM_THREAD,
     &EXEC_TRUE,
     &CXX,
+    &CXX_NO_THROW,
     &MILLION,
     &QUICK,
     &QUICK_EXIT,
+    &DLOPEN,
     &PID,
     &PID_BUSY,
 ];

@@ -176,8 +176,11 @@ fn steady_leaker_tops_the_dashboard_and_q_restores_everything() {
     tmux(&["send-keys", "-t", SESSION, &cmd, "Enter"]);
 
     // The leaker's row among the first rows of the table, within 6 s.
+    // Table rows start with the PID, after the selection marker (▶) when
+    // the row is the selected one.
     let near_top = |s: &str| {
         s.lines()
+            .map(|l| l.trim_start_matches(|c: char| c == '▶' || c.is_whitespace()))
             .filter(|l| {
                 l.split_whitespace()
                     .next()

@@ -26,6 +26,12 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "heaptrack",
     "tmux",
     "python3",
+    // allocator discovery tests: a preloaded jemalloc, tcmalloc, a
+    // dlopen()ed mimalloc, musl (libc6-dev, for `cc -static`, comes with g++)
+    "libjemalloc2",
+    "libtcmalloc-minimal4",
+    "libmimalloc2.0",
+    "musl-tools",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

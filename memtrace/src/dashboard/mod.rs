@@ -5,6 +5,7 @@
 //! State lives in `app` (pure), drawing in `ui`, data in `view`.
 
 pub mod app;
+mod found;
 pub mod keys;
 pub mod model;
 mod score;
@@ -14,7 +15,6 @@ mod view;
 mod worker;
 
 use std::{
-    num::NonZeroU32,
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -23,11 +23,11 @@ use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
 
-use self::{keys::Action, model::RowKey, view::View, worker::Worker};
+use self::{found::Found, keys::Action, model::RowKey, view::View, worker::Worker};
 use crate::{
     cli::{DashboardArgs, Tuning},
     collect::Collector,
-    probes::{self, LoadOptions, Scope},
+    probes::{self, LoadOptions},
     procmaps, report, system,
     tracker::{Limits, Tracker},
 };
@@ -59,6 +59,7 @@ struct Tracing {
     loaded: probes::Loaded,
     links: probes::Links,
     col: Collector,
+    found: Found,
 }
 
 fn attach(args: &DashboardArgs, tuning: &Tuning) -> Result<Tracing> {
@@ -71,7 +72,8 @@ fn attach(args: &DashboardArgs, tuning: &Tuning) -> Result<Tracing> {
     };
     let mut loaded = probes::load(&opts)?;
     let mut links = probes::Links::default();
-    let r = attach_all(&mut loaded, &mut links, &args.pids);
+    let mut found = Found::new(&args.pids);
+    let r = found.start(&mut loaded, &mut links);
     if let Err(e) = r {
         links.detach(&mut loaded.ebpf);
         return Err(e);
@@ -88,32 +90,12 @@ fn attach(args: &DashboardArgs, tuning: &Tuning) -> Result<Tracing> {
     });
     tracker.set_sample_bytes(tuning.sample_bytes.unwrap_or(0));
     let col = Collector::new(&mut loaded.ebpf, tracker)?;
-    Ok(Tracing { loaded, links, col })
-}
-
-fn attach_all(loaded: &mut probes::Loaded, links: &mut probes::Links, pids: &[u32]) -> Result<()> {
-    if pids.is_empty() {
-        let libc = probes::host_libc()?;
-        let cxx = probes::find_in_lib_dirs("libstdc++.so.6");
-        probes::attach_allocators(loaded, &libc, cxx.as_deref(), Scope::All, links)?;
-        return Ok(());
-    }
-    for &pid in pids {
-        let in_root = |p: PathBuf| PathBuf::from(format!("/proc/{pid}/root{}", p.display()));
-        let libc = probes::mapped_library(pid, "libc.so.6")
-            .with_context(|| format!("reading the memory map of PID {pid}"))?
-            .with_context(|| format!("PID {pid} does not use a dynamically linked glibc"))?;
-        let cxx = probes::mapped_library(pid, "libstdc++.so.6").ok().flatten();
-        let scope = NonZeroU32::new(pid).map(Scope::Process).context("PID 0")?;
-        probes::attach_allocators(
-            loaded,
-            &in_root(libc),
-            cxx.map(in_root).as_deref(),
-            scope,
-            links,
-        )?;
-    }
-    Ok(())
+    Ok(Tracing {
+        loaded,
+        links,
+        col,
+        found,
+    })
 }
 
 fn scope_text(pids: &[u32]) -> String {
@@ -182,6 +164,10 @@ struct Summary {
     rss_bytes: u64,
     /// Outstanding allocations held in memtrace's tables at the end.
     tracked_allocations: usize,
+    /// Allocator objects attached (`path (what)`), in order.
+    allocators: Vec<String>,
+    /// Objects that could not be traced, one line each.
+    notes: Vec<String>,
     top: Vec<SummaryRow>,
 }
 
@@ -196,6 +182,8 @@ struct SummaryRow {
     allocations: u64,
     frees: u64,
     exited: bool,
+    /// The process's cgroup (names its container or service), if alive.
+    cgroup: Option<String>,
 }
 
 async fn headless(
@@ -220,6 +208,7 @@ async fn headless(
             }
             _ = refresh.tick() => {
                 t.col.maintain();
+                t.found.refresh(&mut t.loaded, &mut t.links);
                 let kc = t.col.kernel_counters();
                 let snapshot = view.refresh(&mut t.col, &kc, system::monotonic_ns());
                 if start.elapsed() > delay {
@@ -267,6 +256,8 @@ async fn headless(
         },
         rss_bytes: own_rss(),
         tracked_allocations: t.col.tracker.held(),
+        allocators: t.found.discovery.found.clone(),
+        notes: t.found.discovery.notes.clone(),
         top: rows
             .iter()
             .take(50)
@@ -282,6 +273,7 @@ async fn headless(
                     allocations,
                     frees,
                     exited: r.exited,
+                    cgroup: procmaps::cgroup(r.pid),
                 }
             })
             .collect(),
@@ -352,6 +344,10 @@ async fn interactive(
             }
             _ = refresh.tick() => {
                 t.col.maintain();
+                t.found.refresh(&mut t.loaded, &mut t.links);
+                for n in t.found.new_notes() {
+                    app.set_error(format!("not traced: {n}"));
+                }
                 let kc = t.col.kernel_counters();
                 let now = system::monotonic_ns();
                 app.update(view.refresh(&mut t.col, &kc, now));
@@ -410,9 +406,11 @@ fn dump(
         exited: p.exited_ns.is_some(),
         duration_ms: now.saturating_sub(key.first_ns.min(now)) / 1_000_000,
         now_ns: p.exited_ns.unwrap_or(now),
-        notes: vec![
+        notes: std::iter::once(
             "from the dashboard: allocations made before memtrace started are not seen".into(),
-        ],
+        )
+        .chain(procmaps::cgroup(key.pid).map(|c| format!("cgroup: {c}")))
+        .collect(),
     };
     let losses = report::Losses {
         lost_events: kc.lost() + t.col.tracker.totals.decode_errors,

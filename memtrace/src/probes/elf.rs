@@ -13,17 +13,33 @@ pub struct FnSym {
     pub size: u64,
 }
 
+/// Bytes of each function's start kept for prologue decoding.
+const CODE_BYTES: usize = 64;
+
 pub struct ElfSyms {
-    data: Vec<u8>,
+    /// The first bytes of each indexed function, by file offset.
+    code: HashMap<u64, Vec<u8>>,
     syms: HashMap<String, FnSym>,
+    /// Whether the file has a dynamic symbol table (every shared object and
+    /// dynamically linked executable does; a static executable does not).
+    pub has_dynsym: bool,
+    /// Whether the file has a (non-dynamic) symbol table.
+    pub has_symtab: bool,
 }
 
 impl ElfSyms {
     /// Read `path` and index the function symbols named in `wanted`.
     pub fn load(path: &Path, wanted: &[&str]) -> Result<Self> {
         let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let file = object::File::parse(&*data)
-            .with_context(|| format!("parsing ELF {}", path.display()))?;
+        Self::parse(&data, wanted, &path.display().to_string())
+    }
+
+    /// Index the function symbols named in `wanted` of the ELF file `data`
+    /// (`label` names it in errors).
+    pub fn parse(data: &[u8], wanted: &[&str], label: &str) -> Result<Self> {
+        let file = object::File::parse(data).with_context(|| format!("parsing ELF {label}"))?;
+        let has_dynsym = file.dynamic_symbols().next().is_some();
+        let has_symtab = file.symbols().next().is_some();
         let mut syms = HashMap::new();
         for sym in file.dynamic_symbols().chain(file.symbols()) {
             let Ok(name) = sym.name() else { continue };
@@ -50,20 +66,36 @@ impl ElfSyms {
                 );
             }
         }
-        Ok(Self { data, syms })
+        let code = syms
+            .values()
+            .map(|s| {
+                let start = (s.file_offset as usize).min(data.len());
+                let mut end = start.saturating_add(CODE_BYTES).min(data.len());
+                if s.size > 0 {
+                    end = end.min(start.saturating_add(s.size as usize));
+                }
+                (s.file_offset, data[start..end].to_vec())
+            })
+            .collect();
+        Ok(Self {
+            code,
+            syms,
+            has_dynsym,
+            has_symtab,
+        })
     }
 
     pub fn get(&self, name: &str) -> Option<FnSym> {
         self.syms.get(name).copied()
     }
 
-    /// Up to `n` bytes of code at the symbol's start (less near the end).
+    /// Up to `n` (at most 64) bytes of code at the symbol's start (less
+    /// near the end of the function or file).
     pub fn code(&self, sym: FnSym, n: usize) -> &[u8] {
-        let start = (sym.file_offset as usize).min(self.data.len());
-        let mut end = start.saturating_add(n).min(self.data.len());
-        if sym.size > 0 {
-            end = end.min(start.saturating_add(sym.size as usize));
-        }
-        &self.data[start..end]
+        let c = self
+            .code
+            .get(&sym.file_offset)
+            .map_or(&[][..], Vec::as_slice);
+        &c[..n.min(c.len())]
     }
 }

@@ -1,5 +1,6 @@
 //! Loading the eBPF object and attaching its programs.
 
+pub mod discover;
 pub mod elf;
 mod multi;
 pub mod prologue;
@@ -84,6 +85,7 @@ pub const CXX: &[ProbeSpec] = &[
 
 const ENTRY_PROGRAM: &str = "alloc_enter";
 const RET_PROGRAM: &str = "alloc_ret";
+const LOADER_PROGRAM: &str = "loader_stop";
 
 /// Where one probe goes.
 #[derive(Clone, Debug)]
@@ -105,11 +107,23 @@ impl Planned {
 /// Decide where to plant each probe of `specs` in `lib`. Symbols that are
 /// aliases of one already planned (same address) are skipped.
 pub fn plan(lib: &Path, specs: &[ProbeSpec]) -> Result<(Vec<Planned>, Vec<&'static str>)> {
-    let names: Vec<&str> = specs
-        .iter()
+    let elf = ElfSyms::load(lib, &symbol_names(specs))?;
+    Ok(plan_syms(&elf, specs.iter()))
+}
+
+/// Every symbol name `specs` may probe.
+pub fn symbol_names<'a>(specs: impl IntoIterator<Item = &'a ProbeSpec>) -> Vec<&'static str> {
+    specs
+        .into_iter()
         .flat_map(|s| s.symbols.iter().copied())
-        .collect();
-    let elf = ElfSyms::load(lib, &names)?;
+        .collect()
+}
+
+/// [`plan`] on an ELF file already indexed (with the names of `specs`).
+pub fn plan_syms<'a>(
+    elf: &ElfSyms,
+    specs: impl IntoIterator<Item = &'a ProbeSpec>,
+) -> (Vec<Planned>, Vec<&'static str>) {
     let mut seen = HashSet::new();
     let mut planned = Vec::new();
     let mut missing = Vec::new();
@@ -134,7 +148,7 @@ pub fn plan(lib: &Path, specs: &[ProbeSpec]) -> Result<(Vec<Planned>, Vec<&'stat
             choice,
         });
     }
-    Ok((planned, missing))
+    (planned, missing)
 }
 
 /// Knobs of the eBPF side, fixed at load.
@@ -197,19 +211,24 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
     let multi = if std::env::var_os("MEMTRACE_PERF_UPROBES").is_some() {
         Err(anyhow!("perf-event uprobes requested"))
     } else {
-        multi::load_programs(&ebpf, EBPF_OBJECT, &[ENTRY_PROGRAM, RET_PROGRAM])
+        multi::load_programs(
+            &ebpf,
+            EBPF_OBJECT,
+            &[ENTRY_PROGRAM, RET_PROGRAM, LOADER_PROGRAM],
+        )
     };
     let uprobes = match multi {
-        Ok(mut fds) if fds.len() == 2 => {
+        Ok(mut fds) if fds.len() == 3 => {
+            let loader = fds.pop();
             let ret = fds.pop();
             let entry = fds.pop();
-            match (entry, ret) {
-                (Some(entry), Some(ret)) => UProbes::Multi { entry, ret },
+            match (entry, ret, loader) {
+                (Some(entry), Some(ret), Some(loader)) => UProbes::Multi { entry, ret, loader },
                 _ => unreachable_two(),
             }
         }
         Ok(_) | Err(_) => {
-            for name in [ENTRY_PROGRAM, RET_PROGRAM] {
+            for name in [ENTRY_PROGRAM, RET_PROGRAM, LOADER_PROGRAM] {
                 uprobe(&mut ebpf, name)?
                     .load()
                     .with_context(|| format!("loading eBPF program {name}"))?;
@@ -227,8 +246,13 @@ fn unreachable_two() -> UProbes {
 
 /// How the uprobe programs are attached.
 pub enum UProbes {
-    /// One uprobe_multi link per library and direction.
-    Multi { entry: OwnedFd, ret: OwnedFd },
+    /// One uprobe_multi link per library and direction (and one for the
+    /// loader hook).
+    Multi {
+        entry: OwnedFd,
+        ret: OwnedFd,
+        loader: OwnedFd,
+    },
     /// aya's perf-event uprobes, one per offset.
     Perf,
 }
@@ -294,7 +318,7 @@ pub fn attach(
 ) -> Result<()> {
     let explain = |e: ProgramError, what: &str| explain_attach(e, what, lib);
     match &loaded.uprobes {
-        UProbes::Multi { entry, ret } => {
+        UProbes::Multi { entry, ret, .. } => {
             let offsets: Vec<u64> = planned.iter().map(|p| p.file_offset).collect();
             let cookies: Vec<u64> = planned.iter().map(Planned::cookie).collect();
             let pid = match scope {
@@ -334,6 +358,36 @@ pub fn attach(
                     links.perf.push((RET_PROGRAM, id));
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// Attach the loader hook (`loader_stop`) at `file_offset` of `lib` (the
+/// dynamic loader's `_dl_debug_state`) for one process.
+pub fn attach_loader(
+    loaded: &mut Loaded,
+    lib: &Path,
+    file_offset: u64,
+    pid: NonZeroU32,
+    links: &mut Links,
+) -> Result<()> {
+    let explain = |e: ProgramError| explain_attach(e, "_dl_debug_state", lib);
+    match &loaded.uprobes {
+        UProbes::Multi { loader, .. } => {
+            let link = multi::attach(loader, lib, &[file_offset], &[0], false, pid.get())
+                .map_err(|e| explain(io_program_error(e)))?;
+            links.multi.push(link);
+        }
+        UProbes::Perf => {
+            let at = UProbeAttachPoint {
+                location: UProbeAttachLocation::AbsoluteOffset(file_offset),
+                cookie: None,
+            };
+            let id = uprobe(&mut loaded.ebpf, LOADER_PROGRAM)?
+                .attach(at, lib, UProbeScope::OneProcess(pid))
+                .map_err(explain)?;
+            links.perf.push((LOADER_PROGRAM, id));
         }
     }
     Ok(())
