@@ -11,7 +11,9 @@
 //! and release it once their probes are in.
 //!
 //! Output: progress lines on stderr, the Markdown report on stdout and in
-//! `<target>/bench/latest.md`; run logs in `<target>/bench/logs/`.
+//! `<target>/bench/latest.md` (`quick.md` with `--quick`), every run's
+//! figures in `latest-samples.tsv` (`quick-samples.tsv`); run logs in
+//! `<target>/bench/logs/`.
 
 mod json;
 mod proc;
@@ -47,6 +49,9 @@ const USAGE: &str = "usage: cargo xtask bench [--rounds N] [--quick]";
 const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long a tracer may take to attach.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long to wait for another tracer's system-wide probes to go before
+/// measuring anyway.
+const FOREIGN_WAIT: Duration = Duration::from_secs(30);
 /// The dashboard's refresh interval in the system-wide runs (its per-process
 /// rows come from the last refresh, so the workload must be in one).
 const HEADLESS_DELAY_MS: u64 = 250;
@@ -188,6 +193,8 @@ struct Env {
     built: String,
     runs: StdCell<usize>,
     foreign_runs: StdCell<usize>,
+    /// Time spent waiting for foreign tracers to go.
+    waited: StdCell<Duration>,
     /// Waiting for a foreign tracer to go timed out; do not wait again until
     /// the host is seen quiet.
     impatient: StdCell<bool>,
@@ -205,6 +212,8 @@ struct Sample {
     /// The tracer's own CPU time and peak RSS (wait4), when it is not the
     /// workload's parent (a parent's rusage includes its reaped children).
     tracer: Option<(Duration, u64)>,
+    /// Another tracer had system-wide probes attached before or after.
+    foreign: bool,
 }
 
 impl Sample {
@@ -217,6 +226,19 @@ impl Sample {
 struct Cell {
     samples: Vec<Sample>,
     failures: Vec<String>,
+}
+
+impl Cell {
+    /// The samples the figures use: those without a foreign tracer on the
+    /// host if there are any, else all.
+    fn used(&self) -> Vec<&Sample> {
+        let clean: Vec<&Sample> = self.samples.iter().filter(|s| !s.foreign).collect();
+        if clean.is_empty() {
+            self.samples.iter().collect()
+        } else {
+            clean
+        }
+    }
 }
 
 pub fn bench(ctx: &Ctx, args: &[String]) -> Result<()> {
@@ -251,6 +273,9 @@ pub fn bench(ctx: &Ctx, args: &[String]) -> Result<()> {
         if opts.quick { " (quick sizes)" } else { "" }
     );
     let mut cells: BTreeMap<(usize, Config), Cell> = BTreeMap::new();
+    let mut raw = String::from(
+        "workload\tconfig\tround\twork_ns\tunits\tevents\tlost\ttracer_cpu_us\ttracer_maxrss_bytes\tforeign_tracer\n",
+    );
     for round in 0..opts.rounds {
         for (wi, wl) in workloads.iter().enumerate() {
             for k in 0..n_configs {
@@ -271,7 +296,8 @@ pub fn bench(ctx: &Ctx, args: &[String]) -> Result<()> {
                 let result = run(&env, wl, cfg);
                 let foreign = env.foreign_after(foreign);
                 match result {
-                    Ok(s) => {
+                    Ok(mut s) => {
+                        s.foreign = foreign;
                         say!(
                             "bench: {what}: {:.1} ms{}",
                             s.work_ns as f64 / 1e6,
@@ -280,6 +306,21 @@ pub fn bench(ctx: &Ctx, args: &[String]) -> Result<()> {
                             } else {
                                 ""
                             }
+                        );
+                        let opt = |x: Option<u64>| x.map_or_else(|| "-".into(), |v| v.to_string());
+                        let _ = writeln!(
+                            raw,
+                            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                            wl.name,
+                            cfg.key(),
+                            round + 1,
+                            s.work_ns,
+                            s.units,
+                            opt(s.events),
+                            opt(s.lost),
+                            opt(s.tracer.map(|t| t.0.as_micros() as u64)),
+                            opt(s.tracer.map(|t| t.1)),
+                            u8::from(foreign)
                         );
                         cell.samples.push(s);
                     }
@@ -292,6 +333,10 @@ pub fn bench(ctx: &Ctx, args: &[String]) -> Result<()> {
             }
         }
     }
+    // A --quick smoke test does not overwrite the real run's files.
+    let stem = if opts.quick { "quick" } else { "latest" };
+    let raw_path = bench_dir(ctx).join(format!("{stem}-samples.tsv"));
+    fs::write(&raw_path, &raw).with_context(|| format!("writing {}", raw_path.display()))?;
     let extra_rounds = if opts.quick { 1 } else { opts.rounds.min(3) };
     let held = if opts.quick { 200_000 } else { 1_000_000 };
     let memory = outstanding_memory(&env, held, extra_rounds);
@@ -312,7 +357,7 @@ pub fn bench(ctx: &Ctx, args: &[String]) -> Result<()> {
         others,
         elapsed: started.elapsed(),
     });
-    let out = ctx.target_dir().join("bench").join("latest.md");
+    let out = bench_dir(ctx).join(format!("{stem}.md"));
     fs::write(&out, &md).with_context(|| format!("writing {}", out.display()))?;
     println!("{md}");
     say!(
@@ -503,6 +548,7 @@ fn prepare(ctx: &Ctx, memtrace: PathBuf) -> Result<Env> {
         built,
         runs: StdCell::new(0),
         foreign_runs: StdCell::new(0),
+        waited: StdCell::new(Duration::ZERO),
         impatient: StdCell::new(false),
     })
 }
@@ -642,8 +688,8 @@ impl Env {
     }
 
     /// Called before every run: when another tracer has system-wide probes
-    /// attached (they slow every process), waits up to a minute for it to
-    /// go. Returns whether it is still there (the run is then marked).
+    /// attached (they slow every process), waits up to [`FOREIGN_WAIT`] for
+    /// it to go. Returns whether it is still there (the run is then marked).
     fn quiet_host(&self) -> bool {
         self.runs.set(self.runs.get() + 1);
         if !proc::foreign_tracer() {
@@ -652,15 +698,23 @@ impl Env {
         }
         if !self.impatient.get() {
             say!(
-                "bench: another tracer has system-wide probes attached (every process pays for them); waiting up to 60 s for it to go"
+                "bench: another tracer has system-wide probes attached (every process pays for them); waiting up to {} s for it to go",
+                FOREIGN_WAIT.as_secs()
             );
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while Instant::now() < deadline {
+            let start = Instant::now();
+            let gone = loop {
                 thread::sleep(Duration::from_millis(500));
                 if !proc::foreign_tracer() {
-                    say!("bench: the other tracer is gone");
-                    return false;
+                    break true;
                 }
+                if start.elapsed() >= FOREIGN_WAIT {
+                    break false;
+                }
+            };
+            self.waited.set(self.waited.get() + start.elapsed());
+            if gone {
+                say!("bench: the other tracer is gone");
+                return false;
             }
             say!(
                 "bench: it is still there; measuring anyway (such runs are counted in the report)"
@@ -732,6 +786,7 @@ fn run(env: &Env, wl: &Workload, cfg: Config) -> Result<Sample> {
                 events: s("allocations").zip(s("frees")).map(|(a, f)| a + f),
                 lost: s("lost_events"),
                 tracer: None,
+                foreign: false,
             })
         }
         Config::ReportPid => {
@@ -760,6 +815,7 @@ fn run(env: &Env, wl: &Workload, cfg: Config) -> Result<Sample> {
                 events: s("allocations").zip(s("frees")).map(|(a, f)| a + f),
                 lost: s("lost_events"),
                 tracer: Some((mexit.cpu, mexit.maxrss_bytes)),
+                foreign: false,
             })
         }
         Config::SystemWide => {
@@ -792,6 +848,7 @@ fn run(env: &Env, wl: &Workload, cfg: Config) -> Result<Sample> {
                 events: n("allocations").zip(n("frees")).map(|(a, f)| a + f),
                 lost: summary.u64_at(&["lost_events"]),
                 tracer: Some((mexit.cpu, mexit.maxrss_bytes)),
+                foreign: false,
             })
         }
         Config::Bpftrace => {
@@ -824,6 +881,7 @@ fn run(env: &Env, wl: &Workload, cfg: Config) -> Result<Sample> {
                 events: None,
                 lost: None,
                 tracer: Some((bexit.cpu, bexit.maxrss_bytes)),
+                foreign: false,
             })
         }
         Config::Heaptrack => {
@@ -1112,6 +1170,8 @@ struct Rendering<'a> {
 /// The derived figures of one workload under one configuration.
 struct Figures {
     work_ms: f64,
+    /// (max − min) ÷ median of the rounds' work times.
+    spread: Option<f64>,
     per_pair_ns: Option<f64>,
     ratio: Option<f64>,
     added_ns: Option<f64>,
@@ -1130,7 +1190,7 @@ fn figures(
     let per_unit = |cfg| {
         cells
             .get(&(wi, cfg))
-            .and_then(|c: &Cell| median(c.samples.iter().map(Sample::per_unit)))
+            .and_then(|c: &Cell| median(c.used().into_iter().map(Sample::per_unit)))
     };
     // Pairs per unit: known, or memtrace's count (--pid: after the gate,
     // so the interpreter's start-up is not in it).
@@ -1140,8 +1200,8 @@ fn figures(
             .find_map(|cfg| {
                 let c = cells.get(&(wi, *cfg))?;
                 median(
-                    c.samples
-                        .iter()
+                    c.used()
+                        .into_iter()
                         .filter_map(|s| s.events.map(|e| e as f64 / 2.0 / s.units.max(1) as f64)),
                 )
             })
@@ -1165,11 +1225,18 @@ fn figures(
         };
         let ns_per_pair = |x: f64| pairs_per_unit.map(|p| x / p * wl.threads as f64);
         let traced = cfg != Config::Untraced;
-        let samples = &cell.samples;
+        let samples = cell.used();
         out.insert(
             cfg,
             Ok(Figures {
                 work_ms: median(samples.iter().map(|s| s.work_ns as f64 / 1e6)).unwrap_or(0.0),
+                spread: {
+                    let v: Vec<f64> = samples.iter().map(|s| s.per_unit()).collect();
+                    let (lo, hi) = v
+                        .iter()
+                        .fold((f64::MAX, f64::MIN), |(l, h), x| (l.min(*x), h.max(*x)));
+                    (v.len() > 1).then(|| (hi - lo) / pu)
+                },
                 per_pair_ns: ns_per_pair(pu),
                 ratio: untraced.filter(|_| traced).map(|u| pu / u),
                 added_ns: untraced
@@ -1278,6 +1345,7 @@ fn render(r: &Rendering) -> String {
         let mut t = Md::new(&[
             "configuration",
             "work",
+            "spread",
             "per pair",
             "× untraced",
             "added per pair",
@@ -1297,7 +1365,7 @@ fn render(r: &Rendering) -> String {
             let f = match f {
                 Err(reason) => {
                     let mut row = vec![label, na(reason)];
-                    row.extend(std::iter::repeat_n(String::new(), 8));
+                    row.extend(std::iter::repeat_n(String::new(), 9));
                     t.row(row);
                     continue;
                 }
@@ -1306,6 +1374,7 @@ fn render(r: &Rendering) -> String {
             t.row(vec![
                 label,
                 ms(f.work_ms),
+                opt(f.spread, |x| format!("{:.0}%", x * 100.0)),
                 opt(f.per_pair_ns, |x| format!("{} ns", sig3(x))),
                 opt(f.ratio, times),
                 opt(f.added_ns, |x| format!("{} ns", sig3(x))),
@@ -1517,7 +1586,8 @@ fn footnotes(r: &Rendering) -> String {
             r.env.libc
         ),
         "Work: the workload's own clock_gettime (CPython: perf_counter_ns) around its work loop, \
-         median of the rounds. Tracers that attach to a running process (`--pid`, system-wide, \
+         median of the rounds (spread: (slowest − fastest) ÷ median; raw figures of every run \
+         in target/bench/latest-samples.tsv). Tracers that attach to a running process (`--pid`, system-wide, \
          bpftrace) find it waiting on a read of stdin and release it once attached: memtrace's \
          `attached to PID` line, or, for the system-wide tracers, once the libc text of the \
          waiting process has gained copied-on-write pages (the breakpoints) and kept them for \
@@ -1559,7 +1629,16 @@ fn footnotes(r: &Rendering) -> String {
         let _ = writeln!(
             f,
             "- **{foreign} of {runs} runs had another tracer's system-wide probes attached on the \
-             host** (someone else's; they slow every process, so those runs are slower)."
+             host** (someone else's; they slow every process). The medians leave such runs out \
+             where the same workload and configuration has runs without."
+        );
+    }
+    let waited = r.env.waited.get();
+    if !waited.is_zero() {
+        let _ = writeln!(
+            f,
+            "- The benchmark waited {:.1} min in all for other tracers' system-wide probes to go.",
+            waited.as_secs_f64() / 60.0
         );
     }
     f
