@@ -399,19 +399,33 @@ fn stack_for(ctx: &RetProbeContext, tid: u32, sp: u64) -> (i32, u64, u16) {
 #[inline(always)]
 fn capture<C: StackIdContext>(ctx: &C) -> (i64, u16) {
     let b = STACK_SEL.get(0).is_some_and(|&v| v != 0);
-    let r = if b {
-        ctx.get_stackid(&STACKS_B, BPF_F_USER_STACK.into())
-    } else {
-        ctx.get_stackid(&STACKS, BPF_F_USER_STACK.into())
+    let get = |second: bool| {
+        if second {
+            ctx.get_stackid(&STACKS_B, BPF_F_USER_STACK.into())
+        } else {
+            ctx.get_stackid(&STACKS, BPF_F_USER_STACK.into())
+        }
     };
-    match r {
-        Ok(id) => (id, if b { flags::STACK_B } else { 0 }),
+    let flag = |second: bool| if second { flags::STACK_B } else { 0 };
+    match get(b) {
+        Ok(id) => (id, flag(b)),
+        // The bucket holds another stack: try the other map (userspace
+        // drains before it clears that one).
+        Err(e) if e == -EEXIST => match get(!b) {
+            Ok(id) => (id, flag(!b)),
+            Err(e) => {
+                bump(Counter::StackFail);
+                (i64::from(e), 0)
+            }
+        },
         Err(e) => {
             bump(Counter::StackFail);
             (i64::from(e), 0)
         }
     }
 }
+
+const EEXIST: i32 = 17;
 
 /// Linux returns -4095..-1 from failed mmap/mremap system calls.
 #[inline(always)]

@@ -67,7 +67,7 @@ impl KernelStacks {
         let epoch = if map as u64 == self.epoch % 2 {
             self.epoch
         } else {
-            self.epoch.saturating_sub(1)
+            self.epoch - 1
         };
         if let Some(&id) = self.known.get(&(epoch, kid)) {
             return id;
@@ -137,7 +137,10 @@ impl Collector {
             stack_map: KernelStacks {
                 maps: [take(ebpf, MAP_STACKS)?, take(ebpf, MAP_STACKS_B)?],
                 sel: take(ebpf, MAP_STACK_SEL)?,
-                epoch: 0,
+                // Epoch `e` uses map `e % 2`, and the kernel starts on map
+                // 0: start at 2 so the previous epoch (1, map 1, where
+                // collisions fall back to) is never confused with this one.
+                epoch: 2,
                 rotated: Instant::now(),
                 fails_at_rotation: 0,
                 known: HashMap::new(),
@@ -225,6 +228,9 @@ impl Collector {
     /// Rotate the kernel's stack maps when captures fail (full map or
     /// collisions), or now and then.
     pub fn maintain(&mut self) {
+        // Events may name stacks in the idle map (captured there on a
+        // collision): take them before that map is cleared.
+        self.drain();
         let fails = self.kernel_counters().stack_fail;
         self.stack_map.maybe_rotate(fails);
     }
