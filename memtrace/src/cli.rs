@@ -104,7 +104,7 @@ pub struct Tuning {
     pub stack_entries: u32,
 
     /// Bound on outstanding allocations tracked, over all processes (about
-    /// 60 bytes of memtrace's memory each). Past it, new allocations are
+    /// 100 bytes of memtrace's memory each). Past it, new allocations are
     /// counted as dropped, never silently lost.
     #[arg(long, global = true, value_name = "N", default_value_t = 4_000_000)]
     pub max_allocations: usize,
