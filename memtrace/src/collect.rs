@@ -115,6 +115,8 @@ pub struct Collector {
     /// Per process image (pid, first event's time): how many of its stacks
     /// are normalized.
     normalized: HashMap<(u32, u64), usize>,
+    /// Processes with allocations since the last `resolve_new_stacks`.
+    touched: HashSet<u32>,
     /// Processes in which a thread other than the leader called exec since
     /// the last `take_thread_execs` (PID-scoped probes must be re-attached).
     thread_execs: Vec<u32>,
@@ -150,6 +152,7 @@ impl Collector {
             stacks: Stacks::default(),
             normalized: HashMap::new(),
             thread_execs: Vec::new(),
+            touched: HashSet::new(),
         })
     }
 
@@ -160,10 +163,11 @@ impl Collector {
             n += 1;
             match decode::decode(&item) {
                 Ok(mut ev) => {
-                    if let Some(st) = ev.stack_mut()
-                        && st.id >= 0
-                    {
-                        st.id = self.stack_map.translate(st.id, &mut self.stacks);
+                    if let Some(st) = ev.stack_mut() {
+                        if st.id >= 0 {
+                            st.id = self.stack_map.translate(st.id, &mut self.stacks);
+                        }
+                        self.touched.insert(ev.meta().pid);
                     }
                     if let Event::Exec { meta, old_tid, .. } = ev {
                         self.stacks.forget_process(meta.pid);
@@ -186,11 +190,16 @@ impl Collector {
             tracker,
             stacks,
             normalized,
+            touched,
             ..
         } = self;
-        // Exited processes too: their last stacks may have arrived in the
-        // same drain as their exit, and normalize against the last maps seen.
-        for p in tracker.live().chain(tracker.exited()) {
+        // Only processes with allocations since the last call; exited ones
+        // too: their last stacks may have arrived in the same drain as their
+        // exit, and normalize against the last maps seen.
+        for pid in touched.drain() {
+            let Some(p) = tracker.get(pid) else {
+                continue;
+            };
             let done = normalized.entry((p.pid, p.first_ns)).or_insert(0);
             if *done >= p.stacks.len() {
                 continue;

@@ -28,6 +28,12 @@ use clap::Parser as _;
 
 use crate::cli::{Cli, Command};
 
+/// memtrace's own allocator is not the C library's: with system-wide
+/// probes on libc's malloc, every allocation memtrace made would trap into
+/// the kernel (and be filtered out there) — a cost of microseconds each.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,

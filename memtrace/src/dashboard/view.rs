@@ -247,8 +247,10 @@ fn percentiles(h: &Histogram<u64>, div: u64) -> Percentiles {
 
 /// Resident set size of `pid`, from /proc/PID/statm.
 fn rss(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = s.split_whitespace().nth(1)?.parse().ok()?;
+    let mut buf = [0u8; 128];
+    let s = procmaps::read_small(pid, "statm", &mut buf)?;
+    let s = std::str::from_utf8(s).ok()?;
+    let pages: u64 = s.split_ascii_whitespace().nth(1)?.parse().ok()?;
     Some(pages * page_size())
 }
 
