@@ -375,6 +375,13 @@ async fn trace(
             kc.return_without_entry
         ));
     }
+    if col.stacks.unmapped_frames > 0 {
+        notes.push(format!(
+            "{} stack frames were in no file mapping of the process (JIT code, or \
+             mapped after the process exited): shown by address",
+            col.stacks.unmapped_frames
+        ));
+    }
     let meta = report::Meta {
         pid,
         comm: ident.comm.unwrap_or_else(|| short_name(prog)),
