@@ -14,14 +14,13 @@
 //! and its caller (`[rsp]`) for the malloc it makes.
 //!
 //! Every event is submitted without a wakeup; userspace drains on a short
-//! timer and is woken early only when the ring fills past a threshold.
+//! timer (2 ms for reports, 10 ms for the dashboard; the 16 MiB ring holds
+//! ~220 ms of events at 1M events/s).
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{
-        BPF_F_USER_STACK, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
-    },
+    bindings::{BPF_F_USER_STACK, BPF_NOEXIST, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_attach_cookie, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
         bpf_probe_read_user, bpf_send_signal_thread,
@@ -97,10 +96,6 @@ static LOG2_FRAC: [u32; 64] = [
     57845, 58643, 59434, 60219, 60997, 61769, 62534, 63294, 64047, 64794,
 ];
 
-/// Pending bytes in the ring above which a submit wakes the reader.
-#[unsafe(no_mangle)]
-static WAKEUP_BYTES: u64 = 1 << 20;
-
 /// A uretprobe's stack pointer is its entry's plus the popped return address.
 const RET_SP_DELTA: u64 = 8;
 /// How far below an operator new's entry its malloc may return.
@@ -147,12 +142,9 @@ fn emit(ev: &Event) {
     match EVENTS.reserve::<Event>(0) {
         Some(mut slot) => {
             slot.write(*ev);
-            let flags = if EVENTS.query(BPF_RB_AVAIL_DATA.into()) > global_u64(&WAKEUP_BYTES) {
-                BPF_RB_FORCE_WAKEUP
-            } else {
-                BPF_RB_NO_WAKEUP
-            };
-            slot.submit(flags.into());
+            // Userspace drains on a timer and never sleeps on the ring:
+            // a wakeup would cost ~1 µs of irq_work for nobody.
+            slot.submit(BPF_RB_NO_WAKEUP.into());
         }
         None => bump(Counter::RingFull),
     }

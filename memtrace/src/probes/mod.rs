@@ -181,7 +181,6 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
     let self_tgid = std::process::id();
     let floor = u32::from(opts.floor_only);
     let target = opts.target_tgid;
-    let wakeup = u64::from(opts.ring_bytes / 4);
     let sample = opts.sample_bytes;
     let log_level = crate::ebpf_log::level();
     let sampled_entries = if sample == 0 { 1 } else { 1 << 20 };
@@ -189,7 +188,6 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         .override_global(GLOBAL_SELF_TGID, &self_tgid, true)
         .override_global(GLOBAL_FLOOR_ONLY, &floor, true)
         .override_global(GLOBAL_TARGET_TGID, &target, true)
-        .override_global("WAKEUP_BYTES", &wakeup, true)
         .override_global(GLOBAL_SAMPLE_BYTES, &sample, true)
         .override_global("AYA_LOG_LEVEL", &log_level, false)
         .map_max_entries(MAP_SAMPLED, sampled_entries)
