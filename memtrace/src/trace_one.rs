@@ -265,11 +265,13 @@ async fn trace(
         ticks = ticks.wrapping_add(1);
         if ticks.is_multiple_of(64) {
             col.maintain();
+            // The name changes only at exec: every ~128 ms is plenty (and
+            // the exit stop and the end read it again).
+            ident.refresh(pid);
         }
         if col.drain() > 0 {
             // Normalize new stacks at once: the process may exit any time.
             col.resolve_new_stacks();
-            ident.refresh(pid);
         }
         alloc.poll(&mut loaded);
         match &mut target {
