@@ -18,12 +18,9 @@ pub const MAP_CXX_CTX: &str = "CXX_CTX";
 pub const MAP_SAMPLED: &str = "SAMPLED";
 /// Global: mean bytes between samples (0: trace every allocation).
 pub const GLOBAL_SAMPLE_BYTES: &str = "SAMPLE_BYTES";
-/// Name of the user stack trace map.
-pub const MAP_STACKS: &str = "STACKS";
-/// Name of the second user stack trace map (see `flags::STACK_B`).
-pub const MAP_STACKS_B: &str = "STACKS_B";
-/// Name of the one-entry array selecting the stack map in use (0: STACKS).
-pub const MAP_STACK_SEL: &str = "STACK_SEL";
+/// Name of the per-thread array of allocator calls in progress (indexed by
+/// thread id modulo its size; `MAP_INFLIGHT` takes the collisions).
+pub const MAP_THREADS: &str = "THREADS";
 /// Name of the per-CPU array of loss counters, indexed by [`Counter`].
 pub const MAP_COUNTERS: &str = "COUNTERS";
 
@@ -32,12 +29,14 @@ pub const GLOBAL_SELF_TGID: &str = "SELF_TGID";
 /// Global: when nonzero, the eBPF programs return at once (the overhead
 /// "floor" configuration of `cargo xtask bench`).
 pub const GLOBAL_FLOOR_ONLY: &str = "FLOOR_ONLY";
+/// Global: size of [`MAP_THREADS`] minus one (the size is a power of two).
+pub const GLOBAL_THREAD_MASK: &str = "THREAD_MASK";
 /// Global: when nonzero, process events (exec/exit) are only emitted for the
 /// tgid stored in [`GLOBAL_TARGET_TGID`].
 pub const GLOBAL_TARGET_TGID: &str = "TARGET_TGID";
 
 /// Maximum depth of a captured user stack.
-pub const STACK_DEPTH: u32 = 64;
+pub const STACK_DEPTH: usize = 64;
 
 /// Kind of an [`Event`] (`Event::kind`).
 pub mod kind {
@@ -84,30 +83,26 @@ pub mod func {
 
 /// `Event::flags` bits.
 pub mod flags {
-    /// `caller` holds the return address into the function that called the
-    /// allocator (recovered from `[rsp]` at entry), to be inserted as the
-    /// second frame of the captured stack.
-    pub const HAS_CALLER: u16 = 1;
-    /// `stack_id` is in [`super::MAP_STACKS_B`], not [`super::MAP_STACKS`].
-    pub const STACK_B: u16 = 2;
+    /// The stack was deeper than [`super::STACK_DEPTH`] frames: only the
+    /// innermost ones were kept.
+    pub const TRUNCATED: u16 = 1;
 }
 
 /// One record on the ring buffer. Every kind uses the same layout; fields a
-/// kind does not use are zero.
+/// kind does not use are zero. Allocation records are a [`Record`]: this
+/// header followed by the user stack.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Event {
     pub kind: u16,
     pub func: u16,
     pub flags: u16,
-    pub _pad: u16,
+    /// How many of a [`Record`]'s frames are valid (0 for other records).
+    pub nframes: u16,
     /// Process (thread group) id, as the root PID namespace sees it.
     pub tgid: u32,
     /// Thread id.
     pub tid: u32,
-    /// Stack id in [`MAP_STACKS`], or a negative errno when capture failed.
-    pub stack_id: i32,
-    pub _pad2: u32,
     /// `bpf_ktime_get_ns()` at the event.
     pub ts_ns: u64,
     /// Address returned or released.
@@ -118,12 +113,24 @@ pub struct Event {
     pub old_addr: u64,
     /// mremap: old length; mmap: flags.
     pub aux: u64,
-    /// See [`flags::HAS_CALLER`].
-    pub caller: u64,
 }
 
-pub const EVENT_SIZE: usize = 72;
+pub const EVENT_SIZE: usize = 56;
 const _: () = assert!(size_of::<Event>() == EVENT_SIZE);
+
+/// An allocation record: the event and the allocating user stack,
+/// innermost frame first (the return address into the allocator's caller),
+/// walked by frame pointers. The ring always carries the whole record;
+/// `event.nframes` says how much of `frames` is valid.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Record {
+    pub event: Event,
+    pub frames: [u64; STACK_DEPTH],
+}
+
+pub const RECORD_SIZE: usize = EVENT_SIZE + 8 * STACK_DEPTH;
+const _: () = assert!(size_of::<Record>() == RECORD_SIZE);
 
 /// Entry state of an allocator call, kept per thread until its return probe.
 #[repr(C)]
@@ -131,10 +138,11 @@ const _: () = assert!(size_of::<Event>() == EVENT_SIZE);
 pub struct Inflight {
     /// `func::*` of the outermost allocator call on this thread.
     pub func: u16,
-    /// `[0]`: nonzero when the call was not sampled (only its nesting
-    /// matters); the rest is padding.
-    pub _pad: [u16; 3],
-    /// Stack pointer at entry; nested calls have a lower one.
+    /// Nonzero when the call was not sampled (only its nesting matters).
+    pub skip: u16,
+    /// The thread this record belongs to (slots are shared modulo size).
+    pub tid: u32,
+    /// Stack pointer at entry; nested calls have a lower one. 0: no call.
     pub sp: u64,
     /// Requested size.
     pub size: u64,
@@ -147,13 +155,17 @@ pub struct Inflight {
 const _: () = assert!(size_of::<Inflight>() == 40);
 
 /// Call context of a C++ `operator new` (which has no frame pointer):
-/// its caller and its stack, used by the `malloc` it calls.
+/// its caller, and its caller's frame pointer, for the stack of the malloc
+/// it calls.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CxxCtx {
+    /// Stack pointer at operator new's entry (where `caller` sits).
     pub sp: u64,
+    /// Return address into operator new's caller.
     pub caller: u64,
-    pub stack_id: i64,
+    /// The caller's frame pointer.
+    pub fp: u64,
 }
 const _: () = assert!(size_of::<CxxCtx>() == 24);
 
@@ -165,8 +177,8 @@ pub enum Counter {
     RingFull = 0,
     /// An insert into [`MAP_INFLIGHT`] failed: a call was not traced.
     InflightFull = 1,
-    /// `bpf_get_stackid` failed (collision, full map, or a fault).
-    StackFail = 2,
+    /// A stack was deeper than [`STACK_DEPTH`]: its outer frames were cut.
+    StackTruncated = 2,
     /// A return probe found no matching entry (the call started before
     /// attach, or its entry was lost).
     ReturnWithoutEntry = 3,
@@ -182,7 +194,7 @@ impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
         Counter::RingFull,
         Counter::InflightFull,
-        Counter::StackFail,
+        Counter::StackTruncated,
         Counter::ReturnWithoutEntry,
         Counter::ReadFail,
         Counter::SampledFull,
@@ -198,4 +210,6 @@ mod pod {
     unsafe impl aya::Pod for super::CxxCtx {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Event {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Record {}
 }

@@ -7,11 +7,19 @@
 //! large malloc, memalign relaying to malloc, free inside realloc(p, 0)) are
 //! recognised by their lower stack pointer and never emitted twice.
 //!
-//! Stacks are captured at the return probe, where the instruction pointer is
-//! the return address into the allocator's caller and the frame-pointer walk
-//! continues from the caller's frame, so no frame is missing. C++
-//! `operator new` has no frame pointer: its entry probe captures the stack
-//! and its caller (`[rsp]`) for the malloc it makes.
+//! Per-thread entry state lives in `THREADS`, an array indexed by thread id
+//! (modulo its size, which userspace makes at least `pid_max` when it can):
+//! a load and a store, no hashing, no lock. A thread whose slot is held by
+//! another thread's call (ids equal modulo the size) uses `INFLIGHT`, a hash
+//! map, instead.
+//!
+//! Stacks are walked by frame pointers at the return probe, where the
+//! instruction pointer is the return address into the allocator's caller
+//! and the walk continues from the caller's frame, so no frame is missing.
+//! The frames travel in the event's ring record: no stack map, no
+//! collisions, no kernel memory that fills up. C++ `operator new` has no
+//! frame pointer: its entry probe records its caller (`[rsp]`) and the
+//! caller's frame pointer for the malloc it makes.
 //!
 //! Every event is submitted without a wakeup; userspace drains on a short
 //! timer (2 ms for reports, 10 ms for the dashboard; the 16 MiB ring holds
@@ -20,23 +28,31 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{BPF_F_USER_STACK, BPF_NOEXIST, BPF_RB_NO_WAKEUP},
+    bindings::BPF_RB_NO_WAKEUP,
     helpers::{
         bpf_get_attach_cookie, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
         bpf_probe_read_user, bpf_send_signal_thread,
     },
     macros::{map, raw_tracepoint, uprobe, uretprobe},
-    maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
-    programs::{ProbeContext, RawTracePointContext, RetProbeContext, tracing::StackIdContext},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    programs::{ProbeContext, RawTracePointContext, RetProbeContext},
 };
 use aya_log_ebpf::warn;
-use memtrace_common::{COUNTER_COUNT, Counter, CxxCtx, Event, Inflight, flags, func, kind};
+use memtrace_common::{
+    COUNTER_COUNT, Counter, CxxCtx, Event, Inflight, Record, STACK_DEPTH, flags, func, kind,
+};
 
 /// Ring buffer of [`Event`]s. Size overridden by userspace at load.
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 
-/// Allocator calls between entry and return, keyed by thread id.
+/// Allocator calls between entry and return, one slot per thread id
+/// modulo the size (a power of two, overridden by userspace at load).
+#[map(name = "THREADS")]
+static THREADS: Array<Inflight> = Array::with_max_entries(1, 0);
+
+/// Allocator calls of threads whose `THREADS` slot another thread's call
+/// holds, keyed by thread id.
 #[map(name = "INFLIGHT")]
 static INFLIGHT: HashMap<u32, Inflight> = HashMap::with_max_entries(16384, 0);
 
@@ -54,19 +70,6 @@ static SAMPLED: HashMap<u64, u8> = HashMap::with_max_entries(1, 0);
 #[map(name = "SAMPLER")]
 static SAMPLER: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// User stacks. Size overridden by userspace at load.
-#[map(name = "STACKS")]
-static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
-
-/// The second stack map: userspace alternates between the two, clearing
-/// the idle one, so stacks never stop being captured once a map is full.
-#[map(name = "STACKS_B")]
-static STACKS_B: StackTrace = StackTrace::with_max_entries(16384, 0);
-
-/// Which stack map is in use: 0 for STACKS, 1 for STACKS_B.
-#[map(name = "STACK_SEL")]
-static STACK_SEL: Array<u32> = Array::with_max_entries(1, 0);
-
 /// Loss and activity counters, indexed by [`Counter`].
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
@@ -82,6 +85,14 @@ static TARGET_TGID: u32 = 0;
 /// skip the C++ context lookup.
 #[unsafe(no_mangle)]
 static mut CXX_SEEN: u32 = 0;
+
+/// Size of `THREADS` minus one (its size is a power of two).
+#[unsafe(no_mangle)]
+static THREAD_MASK: u32 = 0;
+/// Set once any record went to `INFLIGHT` (thread ids collided modulo the
+/// size of `THREADS`): until then, nothing needs to look there.
+#[unsafe(no_mangle)]
+static mut HASH_USED: u32 = 0;
 
 /// Mean bytes between samples; 0: every allocation is traced.
 #[unsafe(no_mangle)]
@@ -156,16 +167,44 @@ fn regs_sp(regs: *const aya_ebpf::bindings::pt_regs) -> u64 {
     unsafe { (*regs).rsp }
 }
 
+/// This thread's slot in `THREADS`.
+#[inline(always)]
+fn slot(tid: u32) -> Option<&'static mut Inflight> {
+    let p = THREADS.get_ptr_mut(tid & global_u32(&THREAD_MASK))?;
+    // SAFETY: a pointer into the array's value memory, valid for the
+    // program's run; only this thread writes a slot it owns (threads whose
+    // ids collide modulo the size race only when both enter at once, and
+    // the loser's return is then counted as without entry).
+    Some(unsafe { &mut *p })
+}
+
+/// This thread's call in the fallback hash map, if any may be there.
+#[inline(always)]
+fn hashed(tid: u32) -> Option<Inflight> {
+    // SAFETY: a racy read of a flag only ever set to 1.
+    if unsafe { core::ptr::read_volatile(&raw const HASH_USED) } == 0 {
+        return None;
+    }
+    // SAFETY: the value is copied out at once.
+    unsafe { INFLIGHT.get(tid) }.copied()
+}
+
+#[inline(always)]
+fn hash_remove(tid: u32) {
+    let _ = INFLIGHT.remove(tid);
+}
+
 /// Whether an allocator call is already in progress on this thread (this
 /// call is then nested inside it and belongs to it).
 #[inline(always)]
 fn nested(tid: u32, sp: u64) -> bool {
-    // SAFETY: the value is copied out immediately; a concurrent delete only
-    // makes it stale, which the stack-pointer comparison tolerates.
-    match unsafe { INFLIGHT.get(tid) } {
-        Some(outer) => outer.sp > sp,
-        None => false,
+    if let Some(s) = slot(tid)
+        && s.sp != 0
+        && s.tid == tid
+    {
+        return s.sp > sp;
     }
+    hashed(tid).is_some_and(|h| h.sp > sp)
 }
 
 /// A draw from the exponential distribution with mean `mean`:
@@ -220,21 +259,37 @@ fn enter(ctx: &ProbeContext, f: u16, size: u64, arg0: u64, arg1: u64) -> u32 {
     let skip = u16::from(is_heap && !sampled(size));
     let rec = Inflight {
         func: f,
-        _pad: [skip, 0, 0],
+        skip,
+        tid,
         sp,
         size,
         arg0,
         arg1,
     };
-    // The common case (no call in progress on this thread) costs one hash
-    // operation; only when an entry exists do we look at it.
-    if INFLIGHT.insert(tid, rec, BPF_NOEXIST.into()).is_ok() {
+    let Some(s) = slot(tid) else {
+        return 0;
+    };
+    if s.sp != 0 && s.tid == tid {
+        if s.sp > sp {
+            return 0;
+        }
+        // A stale record of this thread (its return was never seen).
+        *s = rec;
         return 0;
     }
-    if nested(tid, sp) {
+    if let Some(h) = hashed(tid) {
+        if h.sp > sp {
+            return 0;
+        }
+        hash_remove(tid);
+    }
+    if s.sp == 0 {
+        *s = rec;
         return 0;
     }
-    // A stale entry (its return was never seen): replace it.
+    // Another thread's call holds the slot.
+    // SAFETY: a racy store of a constant to a flag only ever set to 1.
+    unsafe { core::ptr::write_volatile(&raw mut HASH_USED, 1) };
     if INFLIGHT.insert(tid, rec, 0).is_err() {
         bump(Counter::InflightFull);
         warn!(
@@ -290,7 +345,6 @@ fn event(k: u16, f: u16, tgid: u32, tid: u32) -> Event {
         func: f,
         tgid,
         tid,
-        stack_id: -1,
         // SAFETY: helper without preconditions.
         ts_ns: unsafe { bpf_ktime_get_ns() },
         ..Event::default()
@@ -336,16 +390,9 @@ fn cxx_new(ctx: &ProbeContext, delta: u64) -> u32 {
     }
     // SAFETY: reads user memory at the stack pointer; a fault returns Err.
     let caller = unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0);
-    // The map used travels in bit 32 of the id.
-    let stack_id = match capture(ctx) {
-        (id, fl) if id >= 0 && fl != 0 => id | 1 << 32,
-        (id, _) => id,
-    };
-    let rec = CxxCtx {
-        sp,
-        caller,
-        stack_id,
-    };
+    // SAFETY: `regs` is the context pointer the kernel passed.
+    let fp = unsafe { (*ctx.regs).rbp };
+    let rec = CxxCtx { sp, caller, fp };
     if CXX_CTX.insert(tid, rec, 0).is_err() {
         bump(Counter::InflightFull);
     }
@@ -354,70 +401,75 @@ fn cxx_new(ctx: &ProbeContext, delta: u64) -> u32 {
     0
 }
 
-/// Stack id and caller for an allocation returning at `sp`.
+/// Where the stack of an allocation returning at `sp` starts: its innermost
+/// frame, the frame pointer to walk on from, and the lowest address that
+/// frame pointer may have.
 #[inline(always)]
-fn stack_for(ctx: &RetProbeContext, tid: u32, sp: u64) -> (i32, u64, u16) {
+fn stack_start(ctx: &RetProbeContext, tid: u32, sp: u64) -> (u64, u64, u64) {
     // SAFETY: a racy read of a flag only ever set to 1.
     let cxx_seen = unsafe { core::ptr::read_volatile(&raw const CXX_SEEN) } != 0;
-    // SAFETY: copied out at once, as in `nested`.
+    // SAFETY: copied out at once.
     if cxx_seen && let Some(c) = unsafe { CXX_CTX.get(tid) } {
         let c = *c;
         let _ = CXX_CTX.remove(tid);
         if c.sp > sp && c.sp - sp < CXX_CTX_WINDOW {
-            if c.stack_id < 0 {
-                return (c.stack_id as i32, c.caller, flags::HAS_CALLER);
-            }
-            let fl = if c.stack_id >> 32 != 0 {
-                flags::STACK_B
-            } else {
-                0
-            };
-            return (c.stack_id as u32 as i32, c.caller, flags::HAS_CALLER | fl);
+            return (c.caller, c.fp, c.sp);
         }
     }
-    let (id, fl) = capture(ctx);
-    if id < 0 {
-        // No stack: the return address (this probe's instruction pointer)
-        // still names the function that allocated.
-        // SAFETY: `regs` is the context pointer the kernel passed.
-        let ip = unsafe { (*ctx.regs).rip };
-        return (id as i32, ip, flags::HAS_CALLER);
-    }
-    (id as i32, 0, fl)
+    // SAFETY: `regs` is the context pointer the kernel passed; at a return
+    // probe the instruction pointer is the return address and the frame
+    // pointer the caller's.
+    unsafe { ((*ctx.regs).rip, (*ctx.regs).rbp, sp) }
 }
 
-/// The current user stack's id in the stack map in use, and the flag that
-/// says which map (or a negative errno, counted).
+/// Walk the frame-pointer chain from `fp` into `frames[1..]`: each frame
+/// holds the caller's frame pointer and a return address, and lies above
+/// the one before it (anything else ends the walk: code without frame
+/// pointers leaves garbage there). Returns how many frames are valid, and
+/// whether the walk stopped for want of room.
 #[inline(always)]
-fn capture<C: StackIdContext>(ctx: &C) -> (i64, u16) {
-    let b = STACK_SEL.get(0).is_some_and(|&v| v != 0);
-    let get = |second: bool| {
-        if second {
-            ctx.get_stackid(&STACKS_B, BPF_F_USER_STACK.into())
-        } else {
-            ctx.get_stackid(&STACKS, BPF_F_USER_STACK.into())
+fn walk(frames: &mut [u64; STACK_DEPTH], mut fp: u64, mut lo: u64) -> (usize, bool) {
+    let mut n = 1;
+    while n < STACK_DEPTH {
+        if fp < lo || fp & 7 != 0 {
+            return (n, false);
         }
-    };
-    let flag = |second: bool| if second { flags::STACK_B } else { 0 };
-    match get(b) {
-        Ok(id) => (id, flag(b)),
-        // The bucket holds another stack: try the other map (userspace
-        // drains before it clears that one).
-        Err(e) if e == -EEXIST => match get(!b) {
-            Ok(id) => (id, flag(!b)),
-            Err(e) => {
-                bump(Counter::StackFail);
-                (i64::from(e), 0)
-            }
-        },
-        Err(e) => {
-            bump(Counter::StackFail);
-            (i64::from(e), 0)
+        // SAFETY: reads 16 bytes of user memory; a fault returns Err.
+        let Ok(pair) = (unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }) else {
+            return (n, false);
+        };
+        if pair[1] == 0 {
+            return (n, false);
         }
+        frames[n] = pair[1];
+        n += 1;
+        lo = fp + 16;
+        fp = pair[0];
     }
+    (n, fp >= lo && fp & 7 == 0)
 }
 
-const EEXIST: i32 = 17;
+/// Emit allocation `ev` with the user stack.
+#[inline(always)]
+fn finish(ctx: &RetProbeContext, ev: Event, tid: u32, sp: u64) {
+    let (first, fp, lo) = stack_start(ctx, tid, sp);
+    let Some(mut slot) = EVENTS.reserve::<Record>(0) else {
+        bump(Counter::RingFull);
+        return;
+    };
+    let rec = slot.as_mut_ptr();
+    // SAFETY: `rec` points at the reserved record, ours until submitted.
+    let r = unsafe { &mut *rec };
+    r.event = ev;
+    r.frames[0] = first;
+    let (n, truncated) = walk(&mut r.frames, fp, lo);
+    r.event.nframes = n as u16;
+    if truncated {
+        r.event.flags |= flags::TRUNCATED;
+        bump(Counter::StackTruncated);
+    }
+    slot.submit(BPF_RB_NO_WAKEUP.into());
+}
 
 /// Linux returns -4095..-1 from failed mmap/mremap system calls.
 #[inline(always)]
@@ -432,22 +484,33 @@ pub fn alloc_ret(ctx: RetProbeContext) -> u32 {
         return 0;
     };
     let sp = regs_sp(ctx.regs);
-    // SAFETY: copied out at once, as in `nested`.
-    let rec = match unsafe { INFLIGHT.get(tid) } {
-        Some(r) => *r,
-        None => {
-            bump(Counter::ReturnWithoutEntry);
-            return 0;
+    let rec = match slot(tid) {
+        Some(s) if s.sp != 0 && s.tid == tid => {
+            if s.sp.wrapping_add(RET_SP_DELTA) != sp {
+                // The return of a call nested inside the recorded one.
+                return 0;
+            }
+            let rec = *s;
+            s.sp = 0;
+            rec
         }
+        _ => match hashed(tid) {
+            Some(h) => {
+                if h.sp.wrapping_add(RET_SP_DELTA) != sp {
+                    return 0;
+                }
+                hash_remove(tid);
+                h
+            }
+            None => {
+                bump(Counter::ReturnWithoutEntry);
+                return 0;
+            }
+        },
     };
-    if rec.sp.wrapping_add(RET_SP_DELTA) != sp {
-        // The return of a call nested inside the recorded one.
-        return 0;
-    }
-    let _ = INFLIGHT.remove(tid);
     let ret: u64 = ctx.ret();
     let sampling = global_u64(&SAMPLE_BYTES) != 0;
-    let keep_new = rec._pad[0] == 0;
+    let keep_new = rec.skip == 0;
     if sampling && rec.func == func::REALLOC {
         return sampled_realloc(&ctx, &rec, ret, keep_new, tgid, tid, sp);
     }
@@ -521,15 +584,6 @@ pub fn alloc_ret(ctx: RetProbeContext) -> u32 {
     }
     finish(&ctx, ev, tid, sp);
     0
-}
-
-#[inline(always)]
-fn finish(ctx: &RetProbeContext, mut ev: Event, tid: u32, sp: u64) {
-    let (stack_id, caller, fl) = stack_for(ctx, tid, sp);
-    ev.stack_id = stack_id;
-    ev.caller = caller;
-    ev.flags = fl;
-    emit(&ev);
 }
 
 #[inline(always)]

@@ -99,10 +99,6 @@ pub struct Tuning {
     #[arg(long, hide = true, global = true, default_value_t = 16 << 20)]
     pub ring_bytes: u32,
 
-    /// Entries of each of the kernel's two stack maps.
-    #[arg(long, hide = true, global = true, default_value_t = 16384)]
-    pub stack_entries: u32,
-
     /// Bound on outstanding allocations tracked, over all processes (about
     /// 100 bytes of memtrace's memory each). Past it, new allocations are
     /// counted as dropped, never silently lost.

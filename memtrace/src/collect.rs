@@ -1,37 +1,28 @@
-//! The live data path: ring buffer → decode → tracker, plus the kernel-side
-//! maps the userspace reads (stacks, loss counters).
+//! The live data path: ring buffer → decode → tracker (stacks interned on
+//! the way), plus the loss counters the eBPF programs keep.
 
-use std::{
-    collections::{HashMap, HashSet},
-    time::{Duration, Instant},
-};
+use std::collections::{HashMap, HashSet};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf,
-    maps::{Array, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{MapData, PerCpuArray, RingBuf},
 };
-use memtrace_common::{Counter, MAP_COUNTERS, MAP_EVENTS, MAP_STACK_SEL, MAP_STACKS, MAP_STACKS_B};
+use memtrace_common::{Counter, MAP_COUNTERS, MAP_EVENTS};
 
 use crate::{
-    decode::{self, Event, SECOND_MAP},
+    decode::{self, Event},
     stacks::Stacks,
     tracker::Tracker,
 };
-
-/// The errno a stack gets when its kernel id could not be read.
-const ENOENT: i32 = -2;
-/// Stack maps are rotated at most this often, when captures fail...
-const ROTATE_AFTER_FAILURES: Duration = Duration::from_secs(2);
-/// ...and at least this often, so they never fill up.
-const ROTATE_EVERY: Duration = Duration::from_secs(60);
 
 /// Counters kept by the eBPF programs, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelCounters {
     pub ring_full: u64,
     pub inflight_full: u64,
-    pub stack_fail: u64,
+    /// Stacks cut at `STACK_DEPTH` frames.
+    pub stack_truncated: u64,
     pub return_without_entry: u64,
     pub read_fail: u64,
     pub sampled_full: u64,
@@ -44,71 +35,8 @@ impl KernelCounters {
     }
 }
 
-/// The kernel's two stack maps, used in turns: epoch `e` captures into map
-/// `e % 2`. Rotating clears the idle map (whose epoch ended long enough
-/// ago that all its events were drained) and switches to it.
-struct KernelStacks {
-    maps: [StackTraceMap<MapData>; 2],
-    sel: Array<MapData, u32>,
-    epoch: u64,
-    rotated: Instant,
-    fails_at_rotation: u64,
-    /// (epoch, kernel id) → interned stack id.
-    known: HashMap<(u64, u32), i32>,
-}
-
-impl KernelStacks {
-    /// The interned id of kernel stack `raw` (a decoded id, with
-    /// `SECOND_MAP` set for the second map).
-    fn translate(&mut self, raw: i32, stacks: &mut Stacks) -> i32 {
-        let second = raw & SECOND_MAP != 0;
-        let kid = (raw & !SECOND_MAP) as u32;
-        let map = usize::from(second);
-        let epoch = if map as u64 == self.epoch % 2 {
-            self.epoch
-        } else {
-            self.epoch - 1
-        };
-        if let Some(&id) = self.known.get(&(epoch, kid)) {
-            return id;
-        }
-        let id = match self.maps[map].get(&kid, 0) {
-            Ok(st) => stacks.intern(st.frames().iter().map(|f| f.ip).collect()),
-            Err(_) => {
-                stacks.fetch_failures += 1;
-                ENOENT
-            }
-        };
-        self.known.insert((epoch, kid), id);
-        id
-    }
-
-    /// Switch maps when captures fail (or now and then).
-    fn maybe_rotate(&mut self, stack_fails: u64) {
-        let age = self.rotated.elapsed();
-        let failing = stack_fails > self.fails_at_rotation;
-        if !(age >= ROTATE_EVERY || (failing && age >= ROTATE_AFTER_FAILURES)) {
-            return;
-        }
-        let next = self.epoch + 1;
-        let idle = (next % 2) as usize;
-        let ids: Vec<u32> = self.maps[idle].stack_ids().filter_map(Result::ok).collect();
-        for id in ids {
-            let _ = self.maps[idle].remove(&id);
-        }
-        let ended = self.epoch.saturating_sub(1);
-        self.known.retain(|&(e, _), _| e != ended);
-        if self.sel.set(0, idle as u32, 0).is_ok() {
-            self.epoch = next;
-        }
-        self.rotated = Instant::now();
-        self.fails_at_rotation = stack_fails;
-    }
-}
-
 pub struct Collector {
     ring: RingBuf<MapData>,
-    stack_map: KernelStacks,
     counters: PerCpuArray<MapData, u64>,
     pub tracker: Tracker,
     pub stacks: Stacks,
@@ -136,17 +64,6 @@ impl Collector {
     pub fn new(ebpf: &mut Ebpf, tracker: Tracker) -> Result<Self> {
         Ok(Self {
             ring: take(ebpf, MAP_EVENTS)?,
-            stack_map: KernelStacks {
-                maps: [take(ebpf, MAP_STACKS)?, take(ebpf, MAP_STACKS_B)?],
-                sel: take(ebpf, MAP_STACK_SEL)?,
-                // Epoch `e` uses map `e % 2`, and the kernel starts on map
-                // 0: start at 2 so the previous epoch (1, map 1, where
-                // collisions fall back to) is never confused with this one.
-                epoch: 2,
-                rotated: Instant::now(),
-                fails_at_rotation: 0,
-                known: HashMap::new(),
-            },
             counters: take(ebpf, MAP_COUNTERS)?,
             tracker,
             stacks: Stacks::default(),
@@ -162,10 +79,11 @@ impl Collector {
         while let Some(item) = self.ring.next() {
             n += 1;
             match decode::decode(&item) {
-                Ok(mut ev) => {
+                Ok(d) => {
+                    let mut ev = d.event;
                     if let Some(st) = ev.stack_mut() {
-                        if st.id >= 0 {
-                            st.id = self.stack_map.translate(st.id, &mut self.stacks);
+                        if !d.frames.is_empty() {
+                            st.id = self.stacks.intern_frames(d.frames.iter());
                         }
                         self.touched.insert(ev.meta().pid);
                     }
@@ -231,17 +149,6 @@ impl Collector {
             .flat_map(|p| p.stacks.iter().map(|s| s.stack.id))
             .collect();
         self.stacks.retain_stacks(|id| used.contains(&id));
-        self.stack_map.known.retain(|_, id| used.contains(id));
-    }
-
-    /// Rotate the kernel's stack maps when captures fail (full map or
-    /// collisions), or now and then.
-    pub fn maintain(&mut self) {
-        // Events may name stacks in the idle map (captured there on a
-        // collision): take them before that map is cleared.
-        self.drain();
-        let fails = self.kernel_counters().stack_fail;
-        self.stack_map.maybe_rotate(fails);
     }
 
     pub fn take_thread_execs(&mut self) -> Vec<u32> {
@@ -258,7 +165,7 @@ impl Collector {
         KernelCounters {
             ring_full: get(Counter::RingFull),
             inflight_full: get(Counter::InflightFull),
-            stack_fail: get(Counter::StackFail),
+            stack_truncated: get(Counter::StackTruncated),
             return_without_entry: get(Counter::ReturnWithoutEntry),
             read_fail: get(Counter::ReadFail),
             sampled_full: get(Counter::SampledFull),

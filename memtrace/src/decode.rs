@@ -1,10 +1,12 @@
 //! Ring-buffer records → typed events, with length and tag checks.
 //!
-//! The eBPF side writes one [`memtrace_common::Event`] per record. Nothing
-//! here trusts the bytes: a short record, an unknown kind or an unknown
-//! allocator function is a [`DecodeError`], counted by the caller.
+//! The eBPF side writes one [`memtrace_common::Event`] per record, or for
+//! allocations a [`memtrace_common::Record`]: the event and its stack.
+//! Nothing here trusts the bytes: a record of another length, an unknown
+//! kind or allocator function, or a frame count that does not fit is a
+//! [`DecodeError`], counted by the caller.
 
-use memtrace_common::{EVENT_SIZE, Event as Wire, flags, func, kind};
+use memtrace_common::{EVENT_SIZE, Event as Wire, RECORD_SIZE, STACK_DEPTH, flags, func, kind};
 use thiserror::Error;
 
 /// Which allocator entry point an allocation came from.
@@ -23,17 +25,39 @@ pub enum AllocFn {
     Mremap,
 }
 
-/// Set in a decoded `StackRef::id` when the kernel id is in the second stack
-/// map (the collector then turns every id into a content-interned one).
-pub const SECOND_MAP: i32 = 1 << 24;
-
-/// Where a stack came from: an id (negative when capture failed; from the
-/// decoder a kernel stack-map id, from the collector on a content-interned
-/// one), plus an optional caller frame to insert after the first.
+/// An allocation's stack: the id of its interned frames (see
+/// `stacks::Stacks`), or [`StackRef::NONE`] when it has none (the decoder
+/// leaves every stack so; the collector interns the frames).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct StackRef {
     pub id: i32,
-    pub caller: Option<u64>,
+}
+
+impl StackRef {
+    pub const NONE: StackRef = StackRef { id: -1 };
+}
+
+/// The frames a record carried (innermost first), as raw bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Frames<'a>(&'a [u8]);
+
+impl Frames<'_> {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        self.0.chunks_exact(8).map(|c| u64_at(c, 0))
+    }
+}
+
+/// A decoded record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decoded<'a> {
+    pub event: Event,
+    pub frames: Frames<'a>,
+    /// The stack was cut at `STACK_DEPTH` frames.
+    pub truncated: bool,
 }
 
 /// A kernel command name (TASK_COMM_LEN bytes, NUL-padded).
@@ -144,8 +168,10 @@ impl Event {
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum DecodeError {
-    #[error("record of {0} bytes, expected {EVENT_SIZE}")]
+    #[error("record of {0} bytes, expected {EVENT_SIZE} or {RECORD_SIZE}")]
     Length(usize),
+    #[error("{0} frames in a record that holds {STACK_DEPTH}, or frames on kind {1}")]
+    Frames(u16, u16),
     #[error("unknown event kind {0}")]
     Kind(u16),
     #[error("unknown allocator function {0} for kind {1}")]
@@ -164,9 +190,10 @@ fn u64_at(b: &[u8], off: usize) -> u64 {
     u64::from_ne_bytes(a)
 }
 
-/// Parse the raw wire struct out of a record, checking its length.
+/// Parse the raw wire struct out of a record's header, checking the
+/// record's length.
 pub fn parse_wire(b: &[u8]) -> Result<Wire, DecodeError> {
-    if b.len() != EVENT_SIZE {
+    if b.len() != EVENT_SIZE && b.len() != RECORD_SIZE {
         return Err(DecodeError::Length(b.len()));
     }
     // Offsets follow the #[repr(C)] layout of memtrace_common::Event,
@@ -175,17 +202,14 @@ pub fn parse_wire(b: &[u8]) -> Result<Wire, DecodeError> {
         kind: u16_at(b, 0),
         func: u16_at(b, 2),
         flags: u16_at(b, 4),
-        _pad: u16_at(b, 6),
+        nframes: u16_at(b, 6),
         tgid: u32_at(b, 8),
         tid: u32_at(b, 12),
-        stack_id: u32_at(b, 16) as i32,
-        _pad2: u32_at(b, 20),
-        ts_ns: u64_at(b, 24),
-        addr: u64_at(b, 32),
-        size: u64_at(b, 40),
-        old_addr: u64_at(b, 48),
-        aux: u64_at(b, 56),
-        caller: u64_at(b, 64),
+        ts_ns: u64_at(b, 16),
+        addr: u64_at(b, 24),
+        size: u64_at(b, 32),
+        old_addr: u64_at(b, 40),
+        aux: u64_at(b, 48),
     })
 }
 
@@ -207,25 +231,34 @@ fn alloc_fn(w: &Wire) -> Result<AllocFn, DecodeError> {
 }
 
 /// Decode one ring-buffer record.
-pub fn decode(b: &[u8]) -> Result<Event, DecodeError> {
+pub fn decode(b: &[u8]) -> Result<Decoded<'_>, DecodeError> {
     let w = parse_wire(b)?;
+    let n = usize::from(w.nframes);
+    let has_stack = matches!(
+        w.kind,
+        kind::ALLOC | kind::REALLOC | kind::MMAP | kind::MREMAP
+    );
+    if n > STACK_DEPTH || (n > 0 && (b.len() != RECORD_SIZE || !has_stack)) {
+        return Err(DecodeError::Frames(w.nframes, w.kind));
+    }
+    Ok(Decoded {
+        event: event(&w)?,
+        frames: Frames(&b[EVENT_SIZE..EVENT_SIZE + 8 * n]),
+        truncated: w.flags & flags::TRUNCATED != 0,
+    })
+}
+
+fn event(w: &Wire) -> Result<Event, DecodeError> {
     let meta = Meta {
         pid: w.tgid,
         tid: w.tid,
         ts_ns: w.ts_ns,
     };
-    let stack = StackRef {
-        id: if w.stack_id >= 0 && w.flags & flags::STACK_B != 0 {
-            w.stack_id | SECOND_MAP
-        } else {
-            w.stack_id
-        },
-        caller: (w.flags & flags::HAS_CALLER != 0 && w.caller != 0).then_some(w.caller),
-    };
+    let stack = StackRef::NONE;
     Ok(match w.kind {
         kind::ALLOC => Event::Alloc {
             meta,
-            func: alloc_fn(&w)?,
+            func: alloc_fn(w)?,
             addr: w.addr,
             size: w.size,
             stack,
@@ -271,20 +304,25 @@ pub fn decode(b: &[u8]) -> Result<Event, DecodeError> {
     })
 }
 
-/// Encode a wire event into bytes (tests and fuzzing).
+/// Encode a wire event into bytes (tests and fuzzing), as a whole record
+/// with `frames` when there are any.
 #[cfg(test)]
-pub fn encode(w: &Wire) -> Vec<u8> {
-    let mut v = Vec::with_capacity(EVENT_SIZE);
+pub fn encode(w: &Wire, frames: &[u64]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(RECORD_SIZE);
     v.extend_from_slice(&w.kind.to_ne_bytes());
     v.extend_from_slice(&w.func.to_ne_bytes());
     v.extend_from_slice(&w.flags.to_ne_bytes());
-    v.extend_from_slice(&w._pad.to_ne_bytes());
+    v.extend_from_slice(&w.nframes.to_ne_bytes());
     v.extend_from_slice(&w.tgid.to_ne_bytes());
     v.extend_from_slice(&w.tid.to_ne_bytes());
-    v.extend_from_slice(&w.stack_id.to_ne_bytes());
-    v.extend_from_slice(&w._pad2.to_ne_bytes());
-    for x in [w.ts_ns, w.addr, w.size, w.old_addr, w.aux, w.caller] {
+    for x in [w.ts_ns, w.addr, w.size, w.old_addr, w.aux] {
         v.extend_from_slice(&x.to_ne_bytes());
+    }
+    if !frames.is_empty() {
+        for f in frames {
+            v.extend_from_slice(&f.to_ne_bytes());
+        }
+        v.resize(RECORD_SIZE, 0);
     }
     v
 }
@@ -299,7 +337,6 @@ mod tests {
             func: f,
             tgid: 10,
             tid: 11,
-            stack_id: 3,
             ts_ns: 99,
             addr: 0x1000,
             size: 64,
@@ -310,7 +347,7 @@ mod tests {
     #[test]
     fn encode_matches_repr_c_layout() {
         let w = wire(kind::ALLOC, func::MALLOC);
-        let bytes = encode(&w);
+        let bytes = encode(&w, &[]);
         // SAFETY: Event is repr(C) plain data of EVENT_SIZE bytes.
         let raw =
             unsafe { std::slice::from_raw_parts((&w as *const Wire).cast::<u8>(), EVENT_SIZE) };
@@ -318,10 +355,13 @@ mod tests {
     }
 
     #[test]
-    fn round_trip_alloc() {
-        let ev = decode(&encode(&wire(kind::ALLOC, func::CALLOC))).unwrap();
+    fn round_trip_alloc_with_frames() {
+        let mut w = wire(kind::ALLOC, func::CALLOC);
+        w.nframes = 3;
+        let b = encode(&w, &[0x10, 0x20, 0x30]);
+        let d = decode(&b).unwrap();
         assert_eq!(
-            ev,
+            d.event,
             Event::Alloc {
                 meta: Meta {
                     pid: 10,
@@ -331,67 +371,89 @@ mod tests {
                 func: AllocFn::Calloc,
                 addr: 0x1000,
                 size: 64,
-                stack: StackRef {
-                    id: 3,
-                    caller: None
-                },
+                stack: StackRef::NONE,
             }
         );
+        assert_eq!(d.frames.iter().collect::<Vec<_>>(), [0x10, 0x20, 0x30]);
+        assert!(!d.truncated);
+        w.flags = flags::TRUNCATED;
+        assert!(decode(&encode(&w, &[1, 2, 3])).unwrap().truncated);
     }
 
     #[test]
-    fn caller_only_with_flag() {
+    fn frame_counts_checked() {
         let mut w = wire(kind::ALLOC, func::MALLOC);
-        w.caller = 0x4242;
-        let Event::Alloc { stack, .. } = decode(&encode(&w)).unwrap() else {
-            panic!()
-        };
-        assert_eq!(stack.caller, None);
-        w.flags = flags::HAS_CALLER;
-        let Event::Alloc { stack, .. } = decode(&encode(&w)).unwrap() else {
-            panic!()
-        };
-        assert_eq!(stack.caller, Some(0x4242));
+        w.nframes = STACK_DEPTH as u16 + 1;
+        assert_eq!(
+            decode(&encode(&w, &[1])),
+            Err(DecodeError::Frames(w.nframes, kind::ALLOC))
+        );
+        // Frames claimed by a header-only record.
+        w.nframes = 1;
+        assert_eq!(
+            decode(&encode(&w, &[])),
+            Err(DecodeError::Frames(1, kind::ALLOC))
+        );
+        // Frames on a kind that has no stack.
+        let mut f = wire(kind::FREE, 0);
+        f.nframes = 1;
+        assert_eq!(
+            decode(&encode(&f, &[1])),
+            Err(DecodeError::Frames(1, kind::FREE))
+        );
+        // A whole record with no frames is fine.
+        let mut z = encode(&wire(kind::ALLOC, func::MALLOC), &[]);
+        z.resize(RECORD_SIZE, 0);
+        assert!(decode(&z).unwrap().frames.is_empty());
     }
 
     #[test]
     fn short_and_long_records_rejected() {
-        let b = encode(&wire(kind::FREE, 0));
+        let b = encode(&wire(kind::FREE, 0), &[]);
         for n in [0, 1, 8, EVENT_SIZE - 1] {
             assert_eq!(decode(&b[..n]), Err(DecodeError::Length(n)));
         }
         let mut long = b.clone();
         long.push(0);
         assert_eq!(decode(&long), Err(DecodeError::Length(EVENT_SIZE + 1)));
+        long.resize(RECORD_SIZE + 8, 0);
+        assert_eq!(decode(&long), Err(DecodeError::Length(RECORD_SIZE + 8)));
     }
 
     #[test]
     fn unknown_kind_and_func_rejected() {
-        assert_eq!(decode(&encode(&wire(0, 0))), Err(DecodeError::Kind(0)));
+        let enc = |k, f| encode(&wire(k, f), &[]);
+        assert_eq!(decode(&enc(0, 0)), Err(DecodeError::Kind(0)));
         assert_eq!(
-            decode(&encode(&wire(kind::MAX + 1, 0))),
+            decode(&enc(kind::MAX + 1, 0)),
             Err(DecodeError::Kind(kind::MAX + 1))
         );
         assert_eq!(
-            decode(&encode(&wire(kind::ALLOC, func::MAX + 1))),
+            decode(&enc(kind::ALLOC, func::MAX + 1)),
             Err(DecodeError::Func(func::MAX + 1, kind::ALLOC))
         );
     }
 
     #[test]
     fn arbitrary_bytes_never_panic() {
-        // A cheap deterministic fuzz: xorshift bytes of every length.
+        // A cheap deterministic fuzz: xorshift bytes of every length, and
+        // of the two valid lengths with small frame counts.
         let mut s: u64 = 0x9e3779b97f4a7c15;
-        for len in 0..200 {
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        for len in (0..200).chain([RECORD_SIZE; 200]) {
             for _ in 0..50 {
-                let v: Vec<u8> = (0..len)
-                    .map(|_| {
-                        s ^= s << 13;
-                        s ^= s >> 7;
-                        s ^= s << 17;
-                        s as u8
-                    })
-                    .collect();
+                let mut v: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+                if len == RECORD_SIZE {
+                    v[6] = (next() % 80) as u8;
+                    v[7] = 0;
+                    v[0] = (next() % 9) as u8;
+                    v[1] = 0;
+                }
                 let _ = decode(&v);
             }
         }
@@ -413,7 +475,7 @@ mod comm_tests {
             aux: u64::from_ne_bytes(name[8..].try_into().unwrap()),
             ..Wire::default()
         };
-        let Event::Exit { comm, .. } = decode(&encode(&w)).unwrap() else {
+        let Event::Exit { comm, .. } = decode(&encode(&w, &[])).unwrap().event else {
             panic!()
         };
         assert_eq!(comm.text().as_deref(), Some("leaky-worker"));

@@ -1,6 +1,8 @@
 //! Writing report files: completely or not at all (a temporary file in the
 //! same directory, renamed over the target), mode 0600, never through a
-//! symlink planted at the temporary name.
+//! symlink planted at the temporary name. A target that is a device, FIFO
+//! or socket (`/dev/null`, `/dev/stdout`, a named pipe) is written in
+//! place: renaming over it would replace the device with a file.
 
 use std::{
     fs::{File, OpenOptions},
@@ -14,7 +16,8 @@ use anyhow::{Context as _, Result, bail};
 /// An output file reserved before tracing starts.
 pub struct Output {
     target: PathBuf,
-    tmp: PathBuf,
+    /// The temporary file, or None when writing in place.
+    tmp: Option<PathBuf>,
     file: Option<File>,
 }
 
@@ -25,6 +28,19 @@ impl Output {
         let shown = target.display();
         if target.is_dir() {
             bail!("cannot write report to {shown}: it is a directory");
+        }
+        if let Ok(m) = std::fs::metadata(target)
+            && !m.is_file()
+        {
+            let file = OpenOptions::new()
+                .write(true)
+                .open(target)
+                .with_context(|| format!("cannot write report to {shown}"))?;
+            return Ok(Self {
+                target: target.to_path_buf(),
+                tmp: None,
+                file: Some(file),
+            });
         }
         if target.file_name().is_none() {
             bail!("cannot write report to {shown}: not a file name");
@@ -53,7 +69,7 @@ impl Output {
             .with_context(|| format!("cannot write report to {shown}"))?;
         Ok(Self {
             target: target.to_path_buf(),
-            tmp,
+            tmp: Some(tmp),
             file: Some(file),
         })
     }
@@ -61,10 +77,15 @@ impl Output {
     /// Write `text` and move it into place.
     pub fn commit(mut self, text: &str) -> Result<()> {
         let mut f = self.file.take().context("output already written")?;
+        let Some(tmp) = &self.tmp else {
+            return f
+                .write_all(text.as_bytes())
+                .with_context(|| format!("writing {}", self.target.display()));
+        };
         f.write_all(text.as_bytes())
             .and_then(|()| f.sync_all())
-            .with_context(|| format!("writing {}", self.tmp.display()))?;
-        std::fs::rename(&self.tmp, &self.target)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(tmp, &self.target)
             .with_context(|| format!("moving report into place at {}", self.target.display()))?;
         Ok(())
     }
@@ -72,8 +93,10 @@ impl Output {
 
 impl Drop for Output {
     fn drop(&mut self) {
-        if self.file.is_some() {
-            let _ = std::fs::remove_file(&self.tmp);
+        if self.file.is_some()
+            && let Some(tmp) = &self.tmp
+        {
+            let _ = std::fs::remove_file(tmp);
         }
     }
 }
@@ -108,6 +131,14 @@ mod tests {
         let d = tmpdir("drop");
         drop(Output::reserve(&d.join("r.txt")).unwrap());
         assert_eq!(std::fs::read_dir(&d).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn devices_are_written_in_place() {
+        let o = Output::reserve(Path::new("/dev/null")).unwrap();
+        o.commit("report\n").unwrap();
+        let m = std::fs::metadata("/dev/null").unwrap();
+        assert!(!m.is_file(), "/dev/null was replaced by a file");
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Stack frames of allocations: kernel stack ids to return addresses, and
-//! those to normalized file addresses while the process is still alive.
+//! Stack frames of allocations: interned by content, and normalized to file
+//! addresses while the process is still alive.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -20,15 +20,27 @@ pub struct Stacks {
     snapshots: HashMap<u32, Snapshot>,
     /// (pid, return address) → file address of the call instruction.
     norm: HashMap<(u32, u64), Option<FileAddr>>,
-    /// Stack ids that could not be read from the kernel map.
-    pub fetch_failures: u64,
+    /// Reused by `intern_frames` (no allocation for a known stack).
+    scratch: Vec<u64>,
     /// Frames that could not be placed in any mapping.
     pub unmapped_frames: u64,
 }
 
 impl Stacks {
-    /// The id of a stack with these frames (innermost first), the same for
-    /// the same frames whichever kernel map or id they came from.
+    /// The id of a stack with these frames (innermost first).
+    pub fn intern_frames(&mut self, frames: impl Iterator<Item = u64>) -> i32 {
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.clear();
+        buf.extend(frames);
+        let id = match self.ids.get(buf.as_slice()) {
+            Some(&id) => id,
+            None => self.intern(buf.clone()),
+        };
+        self.scratch = buf;
+        id
+    }
+
+    /// The id of a stack with these frames (innermost first).
     pub fn intern(&mut self, frames: Vec<u64>) -> i32 {
         if let Some(&id) = self.ids.get(frames.as_slice()) {
             return id;
@@ -52,18 +64,9 @@ impl Stacks {
         self.ips.len()
     }
 
-    /// Raw frames of `s`, innermost first: the captured stack with the
-    /// recovered caller inserted as the second frame when it is missing.
+    /// Raw frames of `s`, innermost first (none for an unknown stack).
     pub fn frames(&self, s: StackRef) -> Vec<u64> {
-        let mut v: Vec<u64> = self.ips.get(&s.id).map(|a| a.to_vec()).unwrap_or_default();
-        if let Some(c) = s.caller {
-            match v.len() {
-                0 => v.push(c),
-                _ if v.get(1) == Some(&c) => {}
-                _ => v.insert(1, c),
-            }
-        }
-        v
+        self.ips.get(&s.id).map(|a| a.to_vec()).unwrap_or_default()
     }
 
     /// Take a snapshot of `pid`'s maps now, so frames of a process that
@@ -158,47 +161,20 @@ mod tests {
         assert_eq!(s.interned(), 2);
         s.retain_stacks(|id| id == b);
         assert_eq!(s.interned(), 1);
-        assert!(
-            s.frames(StackRef {
-                id: a,
-                caller: None
-            })
-            .is_empty()
-        );
+        assert!(s.frames(StackRef { id: a }).is_empty());
         // A forgotten stack comes back under a new id.
         assert_ne!(interned(&mut s), a);
     }
 
     #[test]
-    fn caller_inserted_unless_present() {
+    fn interning_from_frames_matches() {
         let mut s = Stacks::default();
-        let id = interned(&mut s);
-        assert_eq!(
-            s.frames(StackRef { id, caller: None }),
-            [0x1010, 0x2020, 0x3030]
-        );
-        assert_eq!(
-            s.frames(StackRef {
-                id,
-                caller: Some(0x9999)
-            }),
-            [0x1010, 0x9999, 0x2020, 0x3030]
-        );
-        assert_eq!(
-            s.frames(StackRef {
-                id,
-                caller: Some(0x2020)
-            }),
-            [0x1010, 0x2020, 0x3030]
-        );
-        // A failed capture still keeps the recovered caller.
-        assert_eq!(
-            s.frames(StackRef {
-                id: -14,
-                caller: Some(0x9)
-            }),
-            [0x9]
-        );
+        let a = interned(&mut s);
+        assert_eq!(s.intern_frames([0x1010, 0x2020, 0x3030].into_iter()), a);
+        let b = s.intern_frames([0x1010].into_iter());
+        assert_ne!(b, a);
+        assert_eq!(s.frames(StackRef { id: b }), [0x1010]);
+        assert!(s.frames(StackRef::NONE).is_empty());
     }
 
     #[test]
@@ -208,7 +184,7 @@ mod tests {
         let maps =
             "0000-2000 r-xp 00000000 fe:01 1 /bin/a\n3000-4000 r-xp 00005000 fe:01 2 /lib/b.so\n";
         let mut reads = 0;
-        s.normalize_with(1, [StackRef { id, caller: None }], |_| {
+        s.normalize_with(1, [StackRef { id }], |_| {
             reads += 1;
             Some(Snapshot::parse(maps))
         });
@@ -219,7 +195,7 @@ mod tests {
         assert_eq!(s.file_addr(1, 0x3030).unwrap().file_offset, 0x502f);
         assert_eq!(s.unmapped_frames, 1);
         // Everything known: no more reads.
-        s.normalize_with(1, [StackRef { id, caller: None }], |_| {
+        s.normalize_with(1, [StackRef { id }], |_| {
             reads += 1;
             None
         });

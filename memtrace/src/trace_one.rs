@@ -198,7 +198,6 @@ async fn trace(
         target_tgid: pid,
         floor_only: tuning.floor,
         ring_bytes: tuning.ring_bytes,
-        stack_entries: tuning.stack_entries,
         sample_bytes: tuning.sample_bytes.unwrap_or(0),
     };
     let mut loaded = probes::load(&opts)?;
@@ -264,7 +263,6 @@ async fn trace(
         messages.flush();
         ticks = ticks.wrapping_add(1);
         if ticks.is_multiple_of(64) {
-            col.maintain();
             // The name changes only at exec: every ~128 ms is plenty (and
             // the exit stop and the end read it again).
             ident.refresh(pid);
@@ -395,7 +393,7 @@ async fn trace(
     };
     let losses = report::Losses {
         lost_events: kc.lost() + col.tracker.totals.decode_errors,
-        stack_failures: kc.stack_fail + col.stacks.fetch_failures,
+        stack_failures: kc.stack_truncated,
     };
     let mut symbols = Symbols::default();
     let input = report::input_of(p, &col.stacks, usize::MAX);

@@ -70,7 +70,6 @@ fn attach(args: &DashboardArgs, tuning: &Tuning) -> Result<Tracing> {
         target_tgid: 0,
         floor_only: tuning.floor,
         ring_bytes: tuning.ring_bytes,
-        stack_entries: tuning.stack_entries,
         sample_bytes: tuning.sample_bytes.unwrap_or(0),
     };
     let mut loaded = probes::load(&opts)?;
@@ -210,7 +209,6 @@ async fn headless(
                 }
             }
             _ = refresh.tick() => {
-                t.col.maintain();
                 t.found.refresh(&mut t.loaded, &mut t.links);
                 let kc = t.col.kernel_counters();
                 let snapshot = view.refresh(&mut t.col, &kc, system::monotonic_ns());
@@ -249,7 +247,7 @@ async fn headless(
         events: t.col.tracker.totals.events,
         events_per_s: t.col.tracker.totals.events as f64 / watched.as_secs_f64().max(1e-9),
         lost_events: kc.lost() + t.col.tracker.totals.decode_errors,
-        stack_failures: kc.stack_fail + t.col.stacks.fetch_failures,
+        stack_failures: kc.stack_truncated,
         untracked_frees: snapshot.header.untracked_frees,
         processes: snapshot.header.processes,
         cpu_percent: if cpu_sum.1 > 0 {
@@ -346,7 +344,6 @@ async fn interactive(
                 }
             }
             _ = refresh.tick() => {
-                t.col.maintain();
                 t.found.refresh(&mut t.loaded, &mut t.links);
                 for n in t.found.new_notes() {
                     app.set_error(format!("not traced: {n}"));
@@ -417,7 +414,7 @@ fn dump(
     };
     let losses = report::Losses {
         lost_events: kc.lost() + t.col.tracker.totals.decode_errors,
-        stack_failures: kc.stack_fail + t.col.stacks.fetch_failures,
+        stack_failures: kc.stack_truncated,
     };
     let _ = view;
     worker.dump(worker::Request::Dump {

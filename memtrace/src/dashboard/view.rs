@@ -156,7 +156,7 @@ impl View {
             events_per_s,
             lost_events: kc.lost() + col.tracker.totals.decode_errors,
             untracked_frees: untracked,
-            stack_failures: kc.stack_fail + col.stacks.fetch_failures,
+            stack_failures: kc.stack_truncated,
             dropped,
             cpu_percent: self.cpu.percent(now_ns),
             scope: self.scope.clone(),

@@ -22,8 +22,8 @@ use aya::{
     },
 };
 use memtrace_common::{
-    GLOBAL_FLOOR_ONLY, GLOBAL_SAMPLE_BYTES, GLOBAL_SELF_TGID, GLOBAL_TARGET_TGID, MAP_EVENTS,
-    MAP_SAMPLED, MAP_STACKS, MAP_STACKS_B, func,
+    GLOBAL_FLOOR_ONLY, GLOBAL_SAMPLE_BYTES, GLOBAL_SELF_TGID, GLOBAL_TARGET_TGID,
+    GLOBAL_THREAD_MASK, MAP_EVENTS, MAP_SAMPLED, MAP_THREADS, func,
 };
 
 use self::{elf::ElfSyms, prologue::Choice};
@@ -159,7 +159,6 @@ pub struct LoadOptions {
     /// Programs return at once (the overhead floor).
     pub floor_only: bool,
     pub ring_bytes: u32,
-    pub stack_entries: u32,
     /// Mean bytes between samples (0: trace every allocation).
     pub sample_bytes: u64,
 }
@@ -170,7 +169,6 @@ impl Default for LoadOptions {
             target_tgid: 0,
             floor_only: false,
             ring_bytes: 16 << 20,
-            stack_entries: 16384,
             sample_bytes: 0,
         }
     }
@@ -184,16 +182,18 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
     let sample = opts.sample_bytes;
     let log_level = crate::ebpf_log::level();
     let sampled_entries = if sample == 0 { 1 } else { 1 << 20 };
+    let slots = thread_slots();
+    let thread_mask = slots - 1;
     let mut ebpf = EbpfLoader::new()
         .override_global(GLOBAL_SELF_TGID, &self_tgid, true)
         .override_global(GLOBAL_FLOOR_ONLY, &floor, true)
         .override_global(GLOBAL_TARGET_TGID, &target, true)
         .override_global(GLOBAL_SAMPLE_BYTES, &sample, true)
+        .override_global(GLOBAL_THREAD_MASK, &thread_mask, true)
         .override_global("AYA_LOG_LEVEL", &log_level, false)
         .map_max_entries(MAP_SAMPLED, sampled_entries)
         .map_max_entries(MAP_EVENTS, opts.ring_bytes)
-        .map_max_entries(MAP_STACKS, opts.stack_entries)
-        .map_max_entries(MAP_STACKS_B, opts.stack_entries)
+        .map_max_entries(MAP_THREADS, slots)
         .load(EBPF_OBJECT)
         .context("loading the eBPF object")?;
     let names: Vec<String> = ebpf.programs().map(|(n, _)| n.to_string()).collect();
@@ -235,6 +235,18 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         }
     };
     Ok(Loaded { ebpf, uprobes })
+}
+
+/// Slots of the per-thread in-flight array: one per possible thread id
+/// (`pid_max`, rounded up to a power of two) up to 2^17 (5 MiB); past that,
+/// thread ids share slots modulo the size, and a thread whose slot is
+/// taken uses the fallback hash map.
+fn thread_slots() -> u32 {
+    let pid_max = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(1 << 22);
+    pid_max.clamp(1024, 1 << 17).next_power_of_two()
 }
 
 #[cold]

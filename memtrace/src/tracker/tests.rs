@@ -2,14 +2,8 @@ use super::*;
 use crate::decode::{AllocFn, Event, Meta, StackRef};
 
 const P: u32 = 100;
-const S1: StackRef = StackRef {
-    id: 1,
-    caller: None,
-};
-const S2: StackRef = StackRef {
-    id: 2,
-    caller: None,
-};
+const S1: StackRef = StackRef { id: 1 };
+const S2: StackRef = StackRef { id: 2 };
 
 fn meta(ts: u64) -> Meta {
     Meta {
