@@ -70,6 +70,10 @@ static SAMPLED: HashMap<u64, u8> = HashMap::with_max_entries(1, 0);
 #[map(name = "SAMPLER")]
 static SAMPLER: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// Per-CPU scratch for the stack walk: the page of user stack being read.
+#[map(name = "WALK")]
+static WALK: PerCpuArray<WalkBuf> = PerCpuArray::with_max_entries(1, 0);
+
 /// Loss and activity counters, indexed by [`Counter`].
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
@@ -365,7 +369,15 @@ fn release(ctx: &ProbeContext, k: u16, f: u16) -> u32 {
     if k == kind::FREE && global_u64(&SAMPLE_BYTES) != 0 && SAMPLED.remove(addr).is_err() {
         return 0;
     }
-    let mut ev = event(k, f, tgid, tid);
+    // No timestamp: it costs ~60 ns here, and userspace places a release
+    // between the record before it in the ring and the drain before it.
+    let mut ev = Event {
+        kind: k,
+        func: f,
+        tgid,
+        tid,
+        ..Event::default()
+    };
     ev.addr = addr;
     ev.size = arg(ctx, 1);
     emit(&ev);
@@ -422,29 +434,88 @@ fn stack_start(ctx: &RetProbeContext, tid: u32, sp: u64) -> (u64, u64, u64) {
     unsafe { ((*ctx.regs).rip, (*ctx.regs).rbp, sp) }
 }
 
+/// Bytes of user stack read at once: at most a page, and never past the
+/// end of the page the frame lies in (the page above may not be mapped).
+const CHUNK: usize = 4096;
+const CHUNK_WORDS: usize = CHUNK / 8;
+
+#[repr(C)]
+pub struct WalkBuf {
+    /// Bumped by every walk on this CPU: a walk that finds it changed at
+    /// its end was preempted and its buffer reused, and is not trusted.
+    generation: u64,
+    words: [u64; CHUNK_WORDS],
+}
+
 /// Walk the frame-pointer chain from `fp` into `frames[1..]`: each frame
 /// holds the caller's frame pointer and a return address, and lies above
 /// the one before it (anything else ends the walk: code without frame
-/// pointers leaves garbage there). Returns how many frames are valid, and
-/// whether the walk stopped for want of room.
+/// pointers leaves garbage there). User memory is read a page at a time
+/// (each `bpf_probe_read_user` costs ~150 ns here, whatever its size up to
+/// a page), so frames close together cost one read. Returns how many frames
+/// are valid, and whether the walk stopped for want of room.
 #[inline(always)]
-fn walk(frames: &mut [u64; STACK_DEPTH], mut fp: u64, mut lo: u64) -> (usize, bool) {
+fn walk(frames: &mut [u64; STACK_DEPTH], fp: u64, lo: u64) -> (usize, bool) {
+    let Some(w) = WALK.get_ptr_mut(0) else {
+        return (1, false);
+    };
+    // SAFETY: this CPU's scratch value; another walk only reuses it if this
+    // program is preempted, which the generation check detects.
+    let w = unsafe { &mut *w };
+    w.generation = w.generation.wrapping_add(1);
+    let generation = w.generation;
+    let (n, truncated) = walk_in(frames, fp, lo, &mut w.words);
+    if w.generation != generation {
+        bump(Counter::StackTruncated);
+        return (1, false);
+    }
+    (n, truncated)
+}
+
+#[inline(always)]
+fn walk_in(
+    frames: &mut [u64; STACK_DEPTH],
+    mut fp: u64,
+    mut lo: u64,
+    words: &mut [u64; CHUNK_WORDS],
+) -> (usize, bool) {
+    // The chunk read last: words [0, len) hold user memory from `base`.
+    let mut base = 0u64;
+    let mut len = 0u64;
     let mut n = 1;
     while n < STACK_DEPTH {
         if fp < lo || fp & 7 != 0 {
             return (n, false);
         }
-        // SAFETY: reads 16 bytes of user memory; a fault returns Err.
-        let Ok(pair) = (unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }) else {
+        let mut i = (fp.wrapping_sub(base)) / 8;
+        if fp < base || i + 2 > len {
+            let bytes = (CHUNK as u64 - (fp & (CHUNK as u64 - 1))).max(16);
+            // SAFETY: writes at most `bytes` <= CHUNK bytes into `words`;
+            // reads user memory, a fault returns an error.
+            let r = unsafe {
+                aya_ebpf::helpers::generated::bpf_probe_read_user(
+                    words.as_mut_ptr().cast(),
+                    bytes as u32,
+                    fp as *const core::ffi::c_void,
+                )
+            };
+            if r != 0 {
+                return (n, false);
+            }
+            base = fp;
+            len = bytes / 8;
+            i = 0;
+        }
+        let (Some(&next), Some(&ret)) = (words.get(i as usize), words.get(i as usize + 1)) else {
             return (n, false);
         };
-        if pair[1] == 0 {
+        if ret == 0 {
             return (n, false);
         }
-        frames[n] = pair[1];
+        frames[n] = ret;
         n += 1;
         lo = fp + 16;
-        fp = pair[0];
+        fp = next;
     }
     (n, fp >= lo && fp & 7 == 0)
 }

@@ -48,6 +48,35 @@ pub struct Collector {
     /// Processes in which a thread other than the leader called exec since
     /// the last `take_thread_execs` (PID-scoped probes must be re-attached).
     thread_execs: Vec<u32>,
+    /// The clock for records the kernel does not timestamp (releases).
+    clock: Clock,
+}
+
+/// When an untimestamped record happened: after the last timestamped record
+/// before it in the ring (the ring is in reservation order), and after the
+/// drain before the one that read it. Under load the first bound is
+/// microseconds away; when quiet, the second is one drain interval away.
+#[derive(Default)]
+struct Clock {
+    last_event_ns: u64,
+    previous_drain_ns: u64,
+    this_drain_ns: u64,
+}
+
+impl Clock {
+    fn start_drain(&mut self, now_ns: u64) {
+        self.previous_drain_ns = self.this_drain_ns;
+        self.this_drain_ns = now_ns;
+    }
+
+    /// Fill in `ts` if the kernel left it 0, and advance.
+    fn stamp(&mut self, ts: &mut u64) {
+        if *ts == 0 {
+            *ts = self.last_event_ns.max(self.previous_drain_ns);
+        } else {
+            self.last_event_ns = self.last_event_ns.max(*ts);
+        }
+    }
 }
 
 fn take<T: TryFrom<aya::maps::Map>>(ebpf: &mut Ebpf, name: &str) -> Result<T>
@@ -70,17 +99,20 @@ impl Collector {
             normalized: HashMap::new(),
             thread_execs: Vec::new(),
             touched: HashSet::new(),
+            clock: Clock::default(),
         })
     }
 
     /// Consume every record in the ring. Returns how many were read.
     pub fn drain(&mut self) -> usize {
         let mut n = 0;
+        self.clock.start_drain(crate::system::monotonic_ns());
         while let Some(item) = self.ring.next() {
             n += 1;
             match decode::decode(&item) {
                 Ok(d) => {
                     let mut ev = d.event;
+                    self.clock.stamp(&mut ev.meta_mut().ts_ns);
                     if let Some(st) = ev.stack_mut() {
                         if !d.frames.is_empty() {
                             st.id = self.stacks.intern_frames(d.frames.iter());
@@ -170,5 +202,30 @@ impl Collector {
             read_fail: get(Counter::ReadFail),
             sampled_full: get(Counter::SampledFull),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Clock;
+
+    #[test]
+    fn releases_are_placed_after_what_preceded_them() {
+        let mut c = Clock::default();
+        c.start_drain(1_000);
+        c.start_drain(3_000);
+        // A timestamped record, then a release: right after it.
+        let mut t = 2_500;
+        c.stamp(&mut t);
+        assert_eq!(t, 2_500);
+        let mut r = 0;
+        c.stamp(&mut r);
+        assert_eq!(r, 2_500);
+        // A quiet ring: the release happened after the previous drain.
+        c.start_drain(9_000);
+        c.start_drain(11_000);
+        let mut r = 0;
+        c.stamp(&mut r);
+        assert_eq!(r, 9_000);
     }
 }

@@ -152,6 +152,19 @@ impl Event {
         }
     }
 
+    pub fn meta_mut(&mut self) -> &mut Meta {
+        match self {
+            Event::Alloc { meta, .. }
+            | Event::Free { meta, .. }
+            | Event::Realloc { meta, .. }
+            | Event::Mmap { meta, .. }
+            | Event::Munmap { meta, .. }
+            | Event::Mremap { meta, .. }
+            | Event::Exec { meta, .. }
+            | Event::Exit { meta, .. } => meta,
+        }
+    }
+
     pub fn meta(&self) -> &Meta {
         match self {
             Event::Alloc { meta, .. }

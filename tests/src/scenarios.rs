@@ -462,6 +462,24 @@ pub const QUICK_EXIT: Scenario = Scenario {
     ..Scenario::new("quick_exit", "quick")
 };
 
+/// A leak under 30 levels of recursion whose frames span pages: the whole
+/// stack fits the 64 frames kept.
+pub const DEEP: Scenario = Scenario {
+    args: &["30"],
+    source: "deep.c",
+    expect: &[heap("leak_deep", 4242, 1).from("recurse")],
+    ..Scenario::new("deep", "deep")
+};
+
+/// The same under 100 levels: the stack is cut at 64 frames, the leak is
+/// still the leaf's.
+pub const DEEPER: Scenario = Scenario {
+    args: &["100"],
+    source: "deep.c",
+    expect: &[heap("leak_deep", 4242, 1).from("recurse")],
+    ..Scenario::new("deeper", "deep")
+};
+
 /// An allocator dlopen()ed after start (mimalloc's mi_malloc, through dlsym).
 pub const DLOPEN: Scenario = Scenario {
     source: "dlopen_alloc.c",
@@ -532,6 +550,8 @@ pub const ALL: &[&Scenario] = &[
     &MILLION,
     &QUICK,
     &QUICK_EXIT,
+    &DEEP,
+    &DEEPER,
     &DLOPEN,
     &PID,
     &PID_BUSY,

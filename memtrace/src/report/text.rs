@@ -65,7 +65,7 @@ pub fn render(r: &Report) -> String {
     let _ = writeln!(
         o,
         "traced: {} allocations ({} bytes), {} frees; untracked frees {}, lost events {}, \
-         stack failures {}, missed frees {}",
+         cut stacks {}, missed frees {}",
         thousands(s.allocations),
         thousands(s.allocated_bytes),
         thousands(s.frees),

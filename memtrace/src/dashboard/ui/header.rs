@@ -65,7 +65,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         Span::styled(fmt::percent(h.cpu_percent), bold()),
     ];
     // Rarer losses, shown only when they happen.
-    for (n, what) in [(h.stack_failures, " no stack"), (h.dropped, " dropped")] {
+    for (n, what) in [(h.stack_failures, " cut stacks"), (h.dropped, " dropped")] {
         if n > 0 {
             cost.push(Span::raw(" · "));
             cost.push(Span::styled(fmt::count(n), warn()));

@@ -288,6 +288,6 @@ fn table_with_losses_in_the_header() {
     snap!("table_with_losses", app, 120, 12);
     let cost = screen.lines().nth(2).unwrap_or_default();
     assert!(cost.contains("17 lost"), "{cost}");
-    assert!(cost.contains("93 no stack"), "{cost}");
+    assert!(cost.contains("93 cut stacks"), "{cost}");
     assert!(cost.contains("4 dropped"), "{cost}");
 }
