@@ -198,17 +198,68 @@ fn hash_remove(tid: u32) {
     let _ = INFLIGHT.remove(tid);
 }
 
-/// Whether an allocator call is already in progress on this thread (this
-/// call is then nested inside it and belongs to it).
+/// `Inflight::skip` values.
+mod skip {
+    /// A traced call: its return probe will come.
+    pub const NO: u16 = 0;
+    /// An unsampled call whose return probe still comes (only its nesting
+    /// matters).
+    pub const RETURNS: u16 = 1;
+    /// An unsampled call without return probe (a uprobe session that
+    /// declined it): the record outlives the call; `arg0` is the probe's
+    /// address and `arg1` its cookie (see `code_range`).
+    pub const GONE: u16 = 2;
+}
+
+/// Whether the call recorded in `rec` (this thread's) contains a call of
+/// `inner` whose stack pointer is `sp` (and whose return address is at
+/// `sp + delta`).
 #[inline(always)]
-fn nested(tid: u32, sp: u64) -> bool {
+fn covers(rec: &Inflight, sp: u64, inner: u16, delta: u64) -> bool {
+    if rec.sp <= sp {
+        return false;
+    }
+    if rec.skip != skip::GONE {
+        return true;
+    }
+    // An unsampled malloc, calloc or aligned allocation calls no other
+    // allocator function, only the allocator's own mappings; and its record
+    // outlives it. A mapping call is inside it if made by its code.
+    if !matches!(inner, func::MMAP | func::MUNMAP | func::MREMAP) {
+        return false;
+    }
+    let (lo, hi) = code_range(rec.arg0, rec.arg1);
+    // SAFETY: reads the return address at the stack pointer; a fault
+    // returns Err.
+    let caller = unsafe { bpf_probe_read_user((sp + delta) as *const u64) }.unwrap_or(0);
+    caller >= lo && caller < hi
+}
+
+/// Whether an allocator call of `inner` at `sp` is nested in another one
+/// in progress on this thread (and belongs to it).
+#[inline(always)]
+fn nested(tid: u32, sp: u64, inner: u16, delta: u64) -> bool {
     if let Some(s) = slot(tid)
         && s.sp != 0
         && s.tid == tid
     {
-        return s.sp > sp;
+        return covers(s, sp, inner, delta);
     }
-    hashed(tid).is_some_and(|h| h.sp > sp)
+    hashed(tid).is_some_and(|h| covers(&h, sp, inner, delta))
+}
+
+/// The code of the object a probe at address `ip` is in, from its attach
+/// cookie (bits 24..44: the probe's offset into its executable segment,
+/// 44..64: the segment's size, both in 16-byte units; 0 when unknown).
+#[inline(always)]
+fn code_range(ip: u64, cookie: u64) -> (u64, u64) {
+    let off = ((cookie >> 24) & 0xf_ffff) * 16;
+    let size = (cookie >> 44) * 16;
+    if size == 0 {
+        return (0, 0);
+    }
+    let lo = ip.wrapping_sub(off);
+    (lo, lo.wrapping_add(size))
 }
 
 /// A draw from the exponential distribution with mean `mean`:
@@ -251,45 +302,66 @@ fn sampled(size: u64) -> bool {
 }
 
 /// Record an allocator call's entry, unless it is nested in another one.
+/// `session`: the entry half of a uprobe session, which may decline the
+/// return probe. Returns whether the return probe is wanted.
 #[inline(always)]
-fn enter(ctx: &ProbeContext, f: u16, size: u64, arg0: u64, arg1: u64) -> u32 {
+fn enter(ctx: &ProbeContext, call: Call, session: bool) -> bool {
     let Some((_tgid, tid)) = current() else {
-        return 0;
+        return false;
     };
+    let Call {
+        f,
+        size,
+        arg0,
+        arg1,
+        cookie,
+    } = call;
     let sp = regs_sp(ctx.regs);
     // Unsampled calls are still recorded, marked, so the calls nested in
     // them (glibc's mmap inside a large malloc) are still recognised.
     let is_heap = f != func::MMAP && f != func::MREMAP;
-    let skip = u16::from(is_heap && !sampled(size));
-    let rec = Inflight {
+    let mut rec = Inflight {
         func: f,
-        skip,
+        skip: skip::NO,
         tid,
         sp,
         size,
         arg0,
         arg1,
     };
+    if is_heap && !sampled(size) {
+        rec.skip = skip::RETURNS;
+        // realloc's return is always needed: its old block may be sampled.
+        if session && f != func::REALLOC {
+            rec.skip = skip::GONE;
+            // What `code_range` needs, computed only if ever needed.
+            // SAFETY: helper reading the address of the probe that fired.
+            rec.arg0 = unsafe { aya_ebpf::helpers::generated::bpf_get_func_ip(ctx.regs.cast()) };
+            rec.arg1 = cookie;
+        }
+    }
+    let want = rec.skip != skip::GONE;
     let Some(s) = slot(tid) else {
-        return 0;
+        return false;
     };
     if s.sp != 0 && s.tid == tid {
-        if s.sp > sp {
-            return 0;
+        if covers(s, sp, f, 0) {
+            return false;
         }
-        // A stale record of this thread (its return was never seen).
+        // A record of a call that is over (its return was never seen, or
+        // it had none).
         *s = rec;
-        return 0;
+        return want;
     }
     if let Some(h) = hashed(tid) {
-        if h.sp > sp {
-            return 0;
+        if covers(&h, sp, f, 0) {
+            return false;
         }
         hash_remove(tid);
     }
     if s.sp == 0 {
         *s = rec;
-        return 0;
+        return want;
     }
     // Another thread's call holds the slot.
     // SAFETY: a racy store of a constant to a flag only ever set to 1.
@@ -300,8 +372,19 @@ fn enter(ctx: &ProbeContext, f: u16, size: u64, arg0: u64, arg1: u64) -> u32 {
             ctx,
             "memtrace: in-flight map full (thread {}): a call was not traced", tid
         );
+        return false;
     }
-    0
+    want
+}
+
+/// An allocator call's arguments, as its entry probe sees them.
+#[derive(Clone, Copy)]
+struct Call {
+    f: u16,
+    size: u64,
+    arg0: u64,
+    arg1: u64,
+    cookie: u64,
 }
 
 #[inline(always)]
@@ -317,27 +400,70 @@ pub fn alloc_enter(ctx: ProbeContext) -> u32 {
     if global_u32(&FLOOR_ONLY) != 0 {
         return 0;
     }
+    let _ = entry(&ctx, false);
+    0
+}
+
+/// Entry and return of the allocator functions that have a return probe,
+/// as one uprobe session (kernels 6.13+; used when sampling): the entry
+/// half declines the return probe for unsampled calls, which then cost no
+/// return trap. Returns 1 to decline. (Written without `#[uprobe]`, whose
+/// wrapper discards the return value.)
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "uprobe")]
+pub extern "C" fn alloc_session(ctx: *mut core::ffi::c_void) -> u32 {
+    session(ProbeContext::new(ctx))
+}
+
+#[inline(always)]
+fn session(ctx: ProbeContext) -> u32 {
+    if global_u32(&FLOOR_ONLY) != 0 {
+        // The floor of sampling: only the traps no call can avoid.
+        return 1;
+    }
+    // SAFETY: helper reading the address of the probe that fired.
+    let ip = unsafe { aya_ebpf::helpers::generated::bpf_get_func_ip(ctx.regs.cast()) };
+    // SAFETY: `regs` is the context pointer the kernel passed.
+    let rip = unsafe { (*ctx.regs).rip };
+    if rip != ip {
+        // The return half: the instruction pointer is the return address.
+        return_probe(&RetProbeContext::new(ctx.regs.cast()));
+        return 0;
+    }
+    u32::from(!entry(&ctx, true))
+}
+
+/// Dispatch an entry probe; whether its return probe is wanted.
+#[inline(always)]
+fn entry(ctx: &ProbeContext, session: bool) -> bool {
     // SAFETY: helper reading the cookie of the link that fired.
     let cookie = unsafe { bpf_get_attach_cookie(ctx.regs.cast()) };
     let f = cookie as u16;
-    let (a0, a1, a2) = (arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2));
+    let (a0, a1, a2) = (arg(ctx, 0), arg(ctx, 1), arg(ctx, 2));
+    let call = |size, arg0, arg1| Call {
+        f,
+        size,
+        arg0,
+        arg1,
+        cookie,
+    };
     match f {
-        func::MALLOC | func::VALLOC | func::PVALLOC => enter(&ctx, f, a0, 0, 0),
+        func::MALLOC | func::VALLOC | func::PVALLOC => enter(ctx, call(a0, 0, 0), session),
         // BPF has no 128-bit multiply for an overflow check, and needs none:
         // an overflowing calloc fails, and failed calls emit nothing.
-        func::CALLOC => enter(&ctx, f, a0.wrapping_mul(a1), 0, 0),
-        func::REALLOC => enter(&ctx, f, a1, a0, 0),
-        func::POSIX_MEMALIGN => enter(&ctx, f, a2, a0, 0),
+        func::CALLOC => enter(ctx, call(a0.wrapping_mul(a1), 0, 0), session),
+        func::REALLOC => enter(ctx, call(a1, a0, 0), session),
+        func::POSIX_MEMALIGN => enter(ctx, call(a2, a0, 0), session),
         // memalign(align, size) and aligned_alloc(align, size).
-        func::MEMALIGN | func::ALIGNED_ALLOC => enter(&ctx, f, a1, 0, 0),
+        func::MEMALIGN | func::ALIGNED_ALLOC => enter(ctx, call(a1, 0, 0), session),
         // mmap(addr, len, prot, flags, ...): keep the flags.
-        func::MMAP => enter(&ctx, f, a1, arg(&ctx, 3), 0),
+        func::MMAP => enter(ctx, call(a1, arg(ctx, 3), 0), session),
         // mremap(old, old_len, new_len, ...).
-        func::MREMAP => enter(&ctx, f, a2, a0, a1),
-        func::FREE => release(&ctx, kind::FREE, f),
-        func::MUNMAP => release(&ctx, kind::MUNMAP, f),
-        func::CXX_NEW => cxx_new(&ctx, (cookie >> 16) & 0xff),
-        _ => 0,
+        func::MREMAP => enter(ctx, call(a2, a0, a1), session),
+        func::FREE => release(ctx, kind::FREE, f, (cookie >> 16) & 0xff),
+        func::MUNMAP => release(ctx, kind::MUNMAP, f, (cookie >> 16) & 0xff),
+        func::CXX_NEW => cxx_new(ctx, (cookie >> 16) & 0xff),
+        _ => false,
     }
 }
 
@@ -357,17 +483,26 @@ fn event(k: u16, f: u16, tgid: u32, tid: u32) -> Event {
 
 /// Entry-only probe on a release function: free(p) and munmap(p, len).
 #[inline(always)]
-fn release(ctx: &ProbeContext, k: u16, f: u16) -> u32 {
-    let Some((tgid, tid)) = current() else {
-        return 0;
-    };
+fn release(ctx: &ProbeContext, k: u16, f: u16, delta: u64) -> bool {
     let addr = arg(ctx, 0);
-    if addr == 0 || nested(tid, regs_sp(ctx.regs)) {
-        return 0;
+    if addr == 0 {
+        return false;
     }
-    // With sampling, only frees of sampled blocks matter.
-    if k == kind::FREE && global_u64(&SAMPLE_BYTES) != 0 && SAMPLED.remove(addr).is_err() {
-        return 0;
+    // With sampling, only frees of sampled blocks matter: most frees end
+    // here, at the cost of one lookup.
+    let sampling = k == kind::FREE && global_u64(&SAMPLE_BYTES) != 0;
+    // SAFETY: only presence is read.
+    if sampling && unsafe { SAMPLED.get(addr) }.is_none() {
+        return false;
+    }
+    let Some((tgid, tid)) = current() else {
+        return false;
+    };
+    if nested(tid, regs_sp(ctx.regs), f, delta) {
+        return false;
+    }
+    if sampling && SAMPLED.remove(addr).is_err() {
+        return false;
     }
     // No timestamp: it costs ~60 ns here, and userspace places a release
     // between the record before it in the ring and the drain before it.
@@ -381,16 +516,16 @@ fn release(ctx: &ProbeContext, k: u16, f: u16) -> u32 {
     ev.addr = addr;
     ev.size = arg(ctx, 1);
     emit(&ev);
-    0
+    false
 }
 
 /// C++ operator new: remember its caller and stack for the malloc it makes,
 /// unless an outer operator new on this thread already did. `delta`: how far
 /// the probed instruction's stack pointer sits below the function's entry one.
 #[inline(always)]
-fn cxx_new(ctx: &ProbeContext, delta: u64) -> u32 {
+fn cxx_new(ctx: &ProbeContext, delta: u64) -> bool {
     let Some((_tgid, tid)) = current() else {
-        return 0;
+        return false;
     };
     let sp = regs_sp(ctx.regs) + delta;
     // SAFETY: copied out at once, as in `nested`.
@@ -398,7 +533,7 @@ fn cxx_new(ctx: &ProbeContext, delta: u64) -> u32 {
         && outer.sp > sp
         && outer.sp - sp < CXX_CTX_WINDOW
     {
-        return 0;
+        return false;
     }
     // SAFETY: reads user memory at the stack pointer; a fault returns Err.
     let caller = unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0);
@@ -410,7 +545,7 @@ fn cxx_new(ctx: &ProbeContext, delta: u64) -> u32 {
     }
     // SAFETY: a racy store of a constant to a flag only ever set to 1.
     unsafe { core::ptr::write_volatile(&raw mut CXX_SEEN, 1) };
-    0
+    false
 }
 
 /// Where the stack of an allocation returning at `sp` starts: its innermost
@@ -551,6 +686,12 @@ fn is_err_ptr(v: u64) -> bool {
 /// The one return probe of every allocator function.
 #[uretprobe]
 pub fn alloc_ret(ctx: RetProbeContext) -> u32 {
+    return_probe(&ctx);
+    0
+}
+
+#[inline(always)]
+fn return_probe(ctx: &RetProbeContext) -> u32 {
     let Some((tgid, tid)) = current() else {
         return 0;
     };
@@ -583,7 +724,7 @@ pub fn alloc_ret(ctx: RetProbeContext) -> u32 {
     let sampling = global_u64(&SAMPLE_BYTES) != 0;
     let keep_new = rec.skip == 0;
     if sampling && rec.func == func::REALLOC {
-        return sampled_realloc(&ctx, &rec, ret, keep_new, tgid, tid, sp);
+        return sampled_realloc(ctx, &rec, ret, keep_new, tgid, tid, sp);
     }
     if !keep_new {
         return 0;
@@ -651,9 +792,9 @@ pub fn alloc_ret(ctx: RetProbeContext) -> u32 {
         }
     }
     if sampling && ev.kind == kind::ALLOC {
-        remember_sampled(&ctx, ev.addr);
+        remember_sampled(ctx, ev.addr);
     }
-    finish(&ctx, ev, tid, sp);
+    finish(ctx, ev, tid, sp);
     0
 }
 

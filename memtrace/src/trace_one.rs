@@ -369,6 +369,13 @@ async fn trace(
     }
     notes.extend(discovery.notes);
     notes.extend(ident.notes());
+    if opts.sample_bytes > 0 && !loaded.has_sessions() {
+        notes.push(
+            "uprobe sessions are not available (kernel 6.13+, uprobe_multi): unsampled \
+             calls still took their return probe"
+                .into(),
+        );
+    }
     if kc.return_without_entry > 0 {
         notes.push(format!(
             "{} allocator returns had no recorded entry (calls in progress at attach)",

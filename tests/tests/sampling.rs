@@ -42,6 +42,31 @@ fn estimates_within_ten_percent_at_512k() {
         assert!(within(b, bytes, 10.0), "{func}: {b} bytes vs {bytes}");
         assert!(within(n, blocks, 10.0), "{func}: {n} blocks vs {blocks}");
     }
+    // Mappings are never sampled: the program's own, exact; the ones
+    // glibc makes inside (mostly unsampled) 1 MiB mallocs, none.
+    let mmaps: Vec<String> = r.json["stacks"]
+        .as_array()
+        .map(|v| v.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .filter(|s| s["kind"] == "mmap")
+        .map(|s| {
+            s["frames"][0]["function"]
+                .as_str()
+                .unwrap_or("?")
+                .to_string()
+        })
+        .collect();
+    assert!(
+        mmaps.iter().all(|f| f == "leak_user_mmap"),
+        "mmap stacks other than the program's: {mmaps:?}"
+    );
+    let user: u64 = r
+        .stacks_for(Kind::Mmap, "leak_user_mmap")
+        .iter()
+        .map(|s| s["outstanding_bytes"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(user, 10 * 3 * 4096, "the program's own mappings, exactly");
     // Freed blocks, sampled or not, leave nothing; nothing is lost.
     assert_eq!(outstanding(r, "freed_large_blocks"), (0, 0));
     assert_eq!(r.json["summary"]["lost_events"].as_u64(), Some(0));

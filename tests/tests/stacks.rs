@@ -35,9 +35,13 @@ scenario_test!(deep_stack_is_whole, scenarios::DEEP, |t: &Traced| {
     assert_eq!(cut, 0, "no stack should be cut");
 });
 
-scenario_test!(deeper_stack_is_cut_at_64, scenarios::DEEPER, |t: &Traced| {
-    let (funcs, cut) = stack_of(t, "leak_deep");
-    assert_eq!(funcs.len(), 64, "{funcs:?}");
-    assert_eq!(count(&funcs, "recurse"), 63, "{funcs:?}");
-    assert_eq!(cut, 1, "the one cut stack is counted");
-});
+scenario_test!(
+    deeper_stack_is_cut_at_64,
+    scenarios::DEEPER,
+    |t: &Traced| {
+        let (funcs, cut) = stack_of(t, "leak_deep");
+        assert_eq!(funcs.len(), 64, "{funcs:?}");
+        assert_eq!(count(&funcs, "recurse"), 63, "{funcs:?}");
+        assert_eq!(cut, 1, "the one cut stack is counted");
+    }
+);

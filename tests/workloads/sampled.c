@@ -3,6 +3,7 @@
  * churn (a million small pairs) and large blocks that are freed. */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 static void *volatile sink;
 static void *keep[300000];
@@ -10,6 +11,13 @@ static void *keep[300000];
 __attribute__((noinline)) void *leak_small_blocks(void) { return malloc(4096); }
 __attribute__((noinline)) void *leak_large_blocks(void) { return malloc(65536); }
 __attribute__((noinline)) void *freed_large_blocks(void) { return malloc(262144); }
+/* glibc serves these with mmap: only the heap block may be reported. */
+__attribute__((noinline)) void *leak_huge_blocks(void) { return malloc(1 << 20); }
+/* Called deeper than the (unsampled) malloc just before it. */
+__attribute__((noinline)) void *leak_user_mmap(void)
+{
+    return mmap(NULL, 3 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+}
 
 int main(void)
 {
@@ -25,6 +33,12 @@ int main(void)
     for (int i = 0; i < 2048; i++) {
         sink = freed_large_blocks();
         free(sink);
+    }
+    for (int i = 0; i < 64; i++) /* 64 MiB, each block an mmap inside malloc */
+        keep[n++] = leak_huge_blocks();
+    for (int i = 0; i < 10; i++) {
+        sink = malloc(64); /* unsampled (almost surely): its record stays */
+        keep[n++] = leak_user_mmap();
     }
     return keep[0] == NULL; /* keep `keep` alive */
 }

@@ -11,6 +11,8 @@ pub struct FnSym {
     /// Offset of the function's first byte in the file (what uprobes take).
     pub file_offset: u64,
     pub size: u64,
+    /// The loaded segment holding the function: its file offset and size.
+    pub segment: (u64, u64),
 }
 
 /// Bytes of each function's start kept for prologue decoding.
@@ -54,14 +56,16 @@ impl ElfSyms {
             let off = file.segments().find_map(|seg| {
                 let (start, len) = (seg.address(), seg.size());
                 let (foff, fsize) = seg.file_range();
-                (vaddr >= start && vaddr < start + len.min(fsize)).then(|| vaddr - start + foff)
+                (vaddr >= start && vaddr < start + len.min(fsize))
+                    .then(|| (vaddr - start + foff, (foff, fsize)))
             });
-            if let Some(file_offset) = off {
+            if let Some((file_offset, segment)) = off {
                 syms.insert(
                     name.to_string(),
                     FnSym {
                         file_offset,
                         size: sym.size(),
+                        segment,
                     },
                 );
             }

@@ -85,6 +85,7 @@ pub const CXX: &[ProbeSpec] = &[
 
 const ENTRY_PROGRAM: &str = "alloc_enter";
 const RET_PROGRAM: &str = "alloc_ret";
+const SESSION_PROGRAM: &str = "alloc_session";
 const LOADER_PROGRAM: &str = "loader_stop";
 
 /// Where one probe goes.
@@ -95,13 +96,32 @@ pub struct Planned {
     pub ret: bool,
     pub file_offset: u64,
     pub choice: Choice,
+    /// File offset and size of the segment holding the probe.
+    pub segment: (u64, u64),
 }
 
 impl Planned {
-    /// The entry program's cookie: function id, and the stack delta.
+    /// The entry program's cookie: function id (bits 0..16), the stack
+    /// delta (16..24), and where the probe's code segment is (see
+    /// [`code_bits`]).
     fn cookie(&self) -> u64 {
-        u64::from(self.func) | (self.choice.sp_delta & 0xff) << 16
+        u64::from(self.func) | (self.choice.sp_delta & 0xff) << 16 | code_bits(self)
     }
+}
+
+/// Bits 24..64 of a cookie: the probe's offset into its executable segment
+/// (24..44) and the segment's size (44..64), in 16-byte units, so the
+/// program can tell whether an address is in the allocator's code. Zero
+/// when either does not fit (16 MiB).
+fn code_bits(p: &Planned) -> u64 {
+    const LIMIT: u64 = 1 << 20;
+    let (seg_off, seg_size) = p.segment;
+    let off = p.file_offset.saturating_sub(seg_off) / 16;
+    let size = seg_size.div_ceil(16);
+    if off >= LIMIT || size >= LIMIT || p.file_offset < seg_off {
+        return 0;
+    }
+    off << 24 | size << 44
 }
 
 /// Decide where to plant each probe of `specs` in `lib`. Symbols that are
@@ -146,6 +166,7 @@ pub fn plan_syms<'a>(
             ret: s.ret,
             file_offset: sym.file_offset + choice.offset,
             choice,
+            segment: sym.segment,
         });
     }
     (planned, missing)
@@ -212,8 +233,24 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         multi::load_programs(
             &ebpf,
             EBPF_OBJECT,
-            &[ENTRY_PROGRAM, RET_PROGRAM, LOADER_PROGRAM],
+            &[
+                (ENTRY_PROGRAM, multi::BPF_TRACE_UPROBE_MULTI),
+                (RET_PROGRAM, multi::BPF_TRACE_UPROBE_MULTI),
+                (LOADER_PROGRAM, multi::BPF_TRACE_UPROBE_MULTI),
+            ],
         )
+    };
+    // Uprobe sessions (6.13+) only matter when sampling: they let unsampled
+    // calls skip their return probe. Without them, every call has one.
+    let session = match (&multi, sample) {
+        (Ok(_), s) if s != 0 => multi::load_programs(
+            &ebpf,
+            EBPF_OBJECT,
+            &[(SESSION_PROGRAM, multi::BPF_TRACE_UPROBE_SESSION)],
+        )
+        .ok()
+        .and_then(|mut v| v.pop()),
+        _ => None,
     };
     let uprobes = match multi {
         Ok(mut fds) if fds.len() == 3 => {
@@ -221,7 +258,12 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
             let ret = fds.pop();
             let entry = fds.pop();
             match (entry, ret, loader) {
-                (Some(entry), Some(ret), Some(loader)) => UProbes::Multi { entry, ret, loader },
+                (Some(entry), Some(ret), Some(loader)) => UProbes::Multi {
+                    entry,
+                    ret,
+                    loader,
+                    session,
+                },
                 _ => unreachable_two(),
             }
         }
@@ -262,9 +304,25 @@ pub enum UProbes {
         entry: OwnedFd,
         ret: OwnedFd,
         loader: OwnedFd,
+        /// Entry and return in one session, when sampling on a kernel that
+        /// has them.
+        session: Option<OwnedFd>,
     },
     /// aya's perf-event uprobes, one per offset.
     Perf,
+}
+
+impl Loaded {
+    /// Whether calls can decline their return probe (uprobe sessions).
+    pub fn has_sessions(&self) -> bool {
+        matches!(
+            self.uprobes,
+            UProbes::Multi {
+                session: Some(_),
+                ..
+            }
+        )
+    }
 }
 
 /// The loaded object and how its uprobes attach.
@@ -328,23 +386,39 @@ pub fn attach(
 ) -> Result<()> {
     let explain = |e: ProgramError, what: &str| explain_attach(e, what, lib);
     match &loaded.uprobes {
-        UProbes::Multi { entry, ret, .. } => {
-            let offsets: Vec<u64> = planned.iter().map(|p| p.file_offset).collect();
-            let cookies: Vec<u64> = planned.iter().map(Planned::cookie).collect();
+        UProbes::Multi {
+            entry,
+            ret,
+            session,
+            ..
+        } => {
             let pid = match scope {
                 Scope::All => 0,
                 Scope::Process(p) => p.get(),
             };
-            let link = multi::attach(entry, lib, &offsets, &cookies, false, pid)
-                .map_err(|e| explain(io_program_error(e), "allocator entries"))?;
-            links.multi.push(link);
-            let rets: Vec<&Planned> = planned.iter().filter(|p| p.ret).collect();
-            if !rets.is_empty() {
-                let offsets: Vec<u64> = rets.iter().map(|p| p.file_offset).collect();
-                let cookies: Vec<u64> = rets.iter().map(|p| p.cookie()).collect();
-                let link = multi::attach(ret, lib, &offsets, &cookies, true, pid)
-                    .map_err(|e| explain(io_program_error(e), "allocator returns"))?;
+            let mut link = |prog: &OwnedFd, ps: &[&Planned], mode, what| -> Result<()> {
+                if ps.is_empty() {
+                    return Ok(());
+                }
+                let offsets: Vec<u64> = ps.iter().map(|p| p.file_offset).collect();
+                let cookies: Vec<u64> = ps.iter().map(|p| p.cookie()).collect();
+                let link = multi::attach(prog, lib, &offsets, &cookies, mode, pid)
+                    .map_err(|e| explain(io_program_error(e), what))?;
                 links.multi.push(link);
+                Ok(())
+            };
+            let (rets, entries): (Vec<&Planned>, Vec<&Planned>) =
+                planned.iter().partition(|p| p.ret);
+            match session {
+                Some(session) => {
+                    link(entry, &entries, multi::Mode::Entry, "allocator entries")?;
+                    link(session, &rets, multi::Mode::Session, "allocator calls")?;
+                }
+                None => {
+                    let all: Vec<&Planned> = planned.iter().collect();
+                    link(entry, &all, multi::Mode::Entry, "allocator entries")?;
+                    link(ret, &rets, multi::Mode::Return, "allocator returns")?;
+                }
             }
         }
         UProbes::Perf => {
@@ -385,8 +459,15 @@ pub fn attach_loader(
     let explain = |e: ProgramError| explain_attach(e, "_dl_debug_state", lib);
     match &loaded.uprobes {
         UProbes::Multi { loader, .. } => {
-            let link = multi::attach(loader, lib, &[file_offset], &[0], false, pid.get())
-                .map_err(|e| explain(io_program_error(e)))?;
+            let link = multi::attach(
+                loader,
+                lib,
+                &[file_offset],
+                &[0],
+                multi::Mode::Entry,
+                pid.get(),
+            )
+            .map_err(|e| explain(io_program_error(e)))?;
             links.multi.push(link);
         }
         UProbes::Perf => {

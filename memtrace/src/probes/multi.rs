@@ -26,7 +26,10 @@ use aya::{Ebpf, maps::Map};
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_PROG_TYPE_KPROBE: u32 = 2;
-const BPF_TRACE_UPROBE_MULTI: u32 = 48;
+pub const BPF_TRACE_UPROBE_MULTI: u32 = 48;
+/// Entry and return as one uprobe session (kernels 6.13+): the entry
+/// program's return value decides whether the return probe runs.
+pub const BPF_TRACE_UPROBE_SESSION: u32 = 57;
 const BPF_F_UPROBE_MULTI_RETURN: u32 = 1;
 
 /// The `BPF_PROG_LOAD` part of `union bpf_attr` that we use.
@@ -100,9 +103,10 @@ fn map_fd(map: &Map) -> Option<RawFd> {
     Some(data.fd().as_fd().as_raw_fd())
 }
 
-/// Load `names` from the object `bytes` for uprobe_multi attachment, using
-/// the maps aya created in `ebpf`.
-pub fn load_programs(ebpf: &Ebpf, bytes: &[u8], names: &[&str]) -> Result<Vec<OwnedFd>> {
+/// Load `names` (each with its expected attach type) from the object
+/// `bytes` for uprobe_multi or session attachment, using the maps aya
+/// created in `ebpf`.
+pub fn load_programs(ebpf: &Ebpf, bytes: &[u8], names: &[(&str, u32)]) -> Result<Vec<OwnedFd>> {
     let mut obj = aya_obj::Object::parse(bytes).context("parsing the eBPF object")?;
     let mut fds = Vec::new();
     for (name, m) in &obj.maps {
@@ -119,7 +123,7 @@ pub fn load_programs(ebpf: &Ebpf, bytes: &[u8], names: &[&str]) -> Result<Vec<Ow
     let license = CString::new("GPL").map_err(|_| anyhow!("license"))?;
     names
         .iter()
-        .map(|&name| {
+        .map(|&(name, attach_type)| {
             let prog = obj
                 .programs
                 .get(name)
@@ -128,7 +132,7 @@ pub fn load_programs(ebpf: &Ebpf, bytes: &[u8], names: &[&str]) -> Result<Vec<Ow
                 .functions
                 .get(&prog.function_key())
                 .ok_or_else(|| anyhow!("eBPF program {name} has no code"))?;
-            load_one(name, &func.instructions, &license)
+            load_one(name, &func.instructions, &license, attach_type)
         })
         .collect()
 }
@@ -137,6 +141,7 @@ fn load_one(
     name: &str,
     insns: &[aya_obj::generated::bpf_insn],
     license: &CString,
+    attach_type: u32,
 ) -> Result<OwnedFd> {
     let mut prog_name = [0u8; 16];
     for (d, s) in prog_name.iter_mut().zip(name.bytes().take(15)) {
@@ -148,7 +153,7 @@ fn load_one(
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
         prog_name,
-        expected_attach_type: BPF_TRACE_UPROBE_MULTI,
+        expected_attach_type: attach_type,
         ..ProgLoadAttr::default()
     };
     match bpf(BPF_PROG_LOAD, &mut attr) {
@@ -170,6 +175,15 @@ fn load_one(
     }
 }
 
+/// How a link's program runs at its offsets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Entry,
+    Return,
+    /// Entry, and return unless the entry program declined it.
+    Session,
+}
+
 /// Attach `prog` to every offset of `path` in one link; `pid` 0 means every
 /// process, else that process's thread group.
 pub fn attach(
@@ -177,19 +191,27 @@ pub fn attach(
     path: &Path,
     offsets: &[u64],
     cookies: &[u64],
-    ret: bool,
+    mode: Mode,
     pid: u32,
 ) -> io::Result<OwnedFd> {
     let cpath = CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     let mut attr = LinkCreateAttr {
         prog_fd: prog.as_raw_fd() as u32,
-        attach_type: BPF_TRACE_UPROBE_MULTI,
+        attach_type: if mode == Mode::Session {
+            BPF_TRACE_UPROBE_SESSION
+        } else {
+            BPF_TRACE_UPROBE_MULTI
+        },
         path: cpath.as_ptr() as u64,
         offsets: offsets.as_ptr() as u64,
         cookies: cookies.as_ptr() as u64,
         cnt: offsets.len() as u32,
-        multi_flags: if ret { BPF_F_UPROBE_MULTI_RETURN } else { 0 },
+        multi_flags: if mode == Mode::Return {
+            BPF_F_UPROBE_MULTI_RETURN
+        } else {
+            0
+        },
         pid,
         ..LinkCreateAttr::default()
     };
