@@ -120,17 +120,23 @@ const _: () = assert!(size_of::<Event>() == EVENT_SIZE);
 
 /// An allocation record: the event and the allocating user stack,
 /// innermost frame first (the return address into the allocator's caller),
-/// walked by frame pointers. The ring always carries the whole record;
-/// `event.nframes` says how much of `frames` is valid.
+/// walked by frame pointers. Records come in two sizes, [`SHORT_FRAMES`]
+/// and [`STACK_DEPTH`] frames, the smallest that holds the stack (ring
+/// reservations have a fixed size); `event.nframes` says how much of
+/// `frames` is valid.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct Record {
+pub struct Record<const N: usize> {
     pub event: Event,
-    pub frames: [u64; STACK_DEPTH],
+    pub frames: [u64; N],
 }
 
+/// Frames of the short record, enough for most stacks.
+pub const SHORT_FRAMES: usize = 16;
+pub const SHORT_RECORD_SIZE: usize = EVENT_SIZE + 8 * SHORT_FRAMES;
 pub const RECORD_SIZE: usize = EVENT_SIZE + 8 * STACK_DEPTH;
-const _: () = assert!(size_of::<Record>() == RECORD_SIZE);
+const _: () = assert!(size_of::<Record<SHORT_FRAMES>>() == SHORT_RECORD_SIZE);
+const _: () = assert!(size_of::<Record<STACK_DEPTH>>() == RECORD_SIZE);
 
 /// Entry state of an allocator call, kept per thread until its return probe.
 #[repr(C)]
@@ -211,5 +217,5 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Event {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for super::Record {}
+    unsafe impl<const N: usize> aya::Pod for super::Record<N> {}
 }

@@ -39,7 +39,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use memtrace_common::{
-    COUNTER_COUNT, Counter, CxxCtx, Event, Inflight, Record, STACK_DEPTH, flags, func, kind,
+    COUNTER_COUNT, Counter, CxxCtx, Event, Inflight, Record, SHORT_FRAMES, STACK_DEPTH, flags,
+    func, kind,
 };
 
 /// Ring buffer of [`Event`]s. Size overridden by userspace at load.
@@ -580,6 +581,8 @@ pub struct WalkBuf {
     /// its end was preempted and its buffer reused, and is not trusted.
     generation: u64,
     words: [u64; CHUNK_WORDS],
+    /// The walk's result, copied into a ring record of the right size.
+    frames: [u64; STACK_DEPTH],
 }
 
 /// Walk the frame-pointer chain from `fp` into `frames[1..]`: each frame
@@ -589,24 +592,6 @@ pub struct WalkBuf {
 /// (each `bpf_probe_read_user` costs ~150 ns here, whatever its size up to
 /// a page), so frames close together cost one read. Returns how many frames
 /// are valid, and whether the walk stopped for want of room.
-#[inline(always)]
-fn walk(frames: &mut [u64; STACK_DEPTH], fp: u64, lo: u64) -> (usize, bool) {
-    let Some(w) = WALK.get_ptr_mut(0) else {
-        return (1, false);
-    };
-    // SAFETY: this CPU's scratch value; another walk only reuses it if this
-    // program is preempted, which the generation check detects.
-    let w = unsafe { &mut *w };
-    w.generation = w.generation.wrapping_add(1);
-    let generation = w.generation;
-    let (n, truncated) = walk_in(frames, fp, lo, &mut w.words);
-    if w.generation != generation {
-        bump(Counter::StackTruncated);
-        return (1, false);
-    }
-    (n, truncated)
-}
-
 #[inline(always)]
 fn walk_in(
     frames: &mut [u64; STACK_DEPTH],
@@ -655,25 +640,57 @@ fn walk_in(
     (n, fp >= lo && fp & 7 == 0)
 }
 
-/// Emit allocation `ev` with the user stack.
+/// Emit allocation `ev` with the user stack, in the smallest record that
+/// holds it.
 #[inline(always)]
-fn finish(ctx: &RetProbeContext, ev: Event, tid: u32, sp: u64) {
+fn finish(ctx: &RetProbeContext, mut ev: Event, tid: u32, sp: u64) {
     let (first, fp, lo) = stack_start(ctx, tid, sp);
-    let Some(mut slot) = EVENTS.reserve::<Record>(0) else {
+    let Some(w) = WALK.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's scratch value; another walk only reuses it if this
+    // program is preempted, which the generation check detects.
+    let w = unsafe { &mut *w };
+    w.generation = w.generation.wrapping_add(1);
+    let generation = w.generation;
+    w.frames[0] = first;
+    let (n, truncated) = walk_in(&mut w.frames, fp, lo, &mut w.words);
+    ev.nframes = n as u16;
+    if truncated {
+        ev.flags |= flags::TRUNCATED;
+        bump(Counter::StackTruncated);
+    }
+    if n <= SHORT_FRAMES {
+        emit_record::<SHORT_FRAMES>(ev, w, generation, first);
+    } else {
+        emit_record::<STACK_DEPTH>(ev, w, generation, first);
+    }
+}
+
+#[inline(always)]
+fn emit_record<const N: usize>(mut ev: Event, w: &WalkBuf, generation: u64, first: u64) {
+    let Some(mut slot) = EVENTS.reserve::<Record<N>>(0) else {
         bump(Counter::RingFull);
         return;
     };
     let rec = slot.as_mut_ptr();
     // SAFETY: `rec` points at the reserved record, ours until submitted.
     let r = unsafe { &mut *rec };
-    r.event = ev;
-    r.frames[0] = first;
-    let (n, truncated) = walk(&mut r.frames, fp, lo);
-    r.event.nframes = n as u16;
-    if truncated {
-        r.event.flags |= flags::TRUNCATED;
+    let n = usize::from(ev.nframes);
+    let mut i = 0;
+    while i < N && i < n {
+        r.frames[i] = w.frames[i];
+        i += 1;
+    }
+    if w.generation != generation {
+        // Preempted, and the scratch reused meanwhile: keep only the frame
+        // that did not come from it.
+        r.frames[0] = first;
+        ev.nframes = 1;
+        ev.flags |= flags::TRUNCATED;
         bump(Counter::StackTruncated);
     }
+    r.event = ev;
     slot.submit(BPF_RB_NO_WAKEUP.into());
 }
 

@@ -6,7 +6,10 @@
 //! kind or allocator function, or a frame count that does not fit is a
 //! [`DecodeError`], counted by the caller.
 
-use memtrace_common::{EVENT_SIZE, Event as Wire, RECORD_SIZE, STACK_DEPTH, flags, func, kind};
+use memtrace_common::{
+    EVENT_SIZE, Event as Wire, RECORD_SIZE, SHORT_FRAMES, SHORT_RECORD_SIZE, STACK_DEPTH, flags,
+    func, kind,
+};
 use thiserror::Error;
 
 /// Which allocator entry point an allocation came from.
@@ -181,7 +184,7 @@ impl Event {
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum DecodeError {
-    #[error("record of {0} bytes, expected {EVENT_SIZE} or {RECORD_SIZE}")]
+    #[error("record of {0} bytes, expected {EVENT_SIZE}, {SHORT_RECORD_SIZE} or {RECORD_SIZE}")]
     Length(usize),
     #[error("{0} frames in a record that holds {STACK_DEPTH}, or frames on kind {1}")]
     Frames(u16, u16),
@@ -206,7 +209,7 @@ fn u64_at(b: &[u8], off: usize) -> u64 {
 /// Parse the raw wire struct out of a record's header, checking the
 /// record's length.
 pub fn parse_wire(b: &[u8]) -> Result<Wire, DecodeError> {
-    if b.len() != EVENT_SIZE && b.len() != RECORD_SIZE {
+    if ![EVENT_SIZE, SHORT_RECORD_SIZE, RECORD_SIZE].contains(&b.len()) {
         return Err(DecodeError::Length(b.len()));
     }
     // Offsets follow the #[repr(C)] layout of memtrace_common::Event,
@@ -251,7 +254,12 @@ pub fn decode(b: &[u8]) -> Result<Decoded<'_>, DecodeError> {
         w.kind,
         kind::ALLOC | kind::REALLOC | kind::MMAP | kind::MREMAP
     );
-    if n > STACK_DEPTH || (n > 0 && (b.len() != RECORD_SIZE || !has_stack)) {
+    let room = match b.len() {
+        SHORT_RECORD_SIZE => SHORT_FRAMES,
+        RECORD_SIZE => STACK_DEPTH,
+        _ => 0,
+    };
+    if n > room || (n > 0 && !has_stack) {
         return Err(DecodeError::Frames(w.nframes, w.kind));
     }
     Ok(Decoded {
@@ -317,8 +325,8 @@ fn event(w: &Wire) -> Result<Event, DecodeError> {
     })
 }
 
-/// Encode a wire event into bytes (tests and fuzzing), as a whole record
-/// with `frames` when there are any.
+/// Encode a wire event into bytes (tests and fuzzing), as the smallest
+/// record that holds `frames` when there are any.
 #[cfg(test)]
 pub fn encode(w: &Wire, frames: &[u64]) -> Vec<u8> {
     let mut v = Vec::with_capacity(RECORD_SIZE);
@@ -335,7 +343,12 @@ pub fn encode(w: &Wire, frames: &[u64]) -> Vec<u8> {
         for f in frames {
             v.extend_from_slice(&f.to_ne_bytes());
         }
-        v.resize(RECORD_SIZE, 0);
+        let size = if frames.len() <= SHORT_FRAMES {
+            SHORT_RECORD_SIZE
+        } else {
+            RECORD_SIZE
+        };
+        v.resize(size, 0);
     }
     v
 }
@@ -418,6 +431,17 @@ mod tests {
         let mut z = encode(&wire(kind::ALLOC, func::MALLOC), &[]);
         z.resize(RECORD_SIZE, 0);
         assert!(decode(&z).unwrap().frames.is_empty());
+        // A short record holds 16 frames at most; the long one 64.
+        let mut w = wire(kind::ALLOC, func::MALLOC);
+        w.nframes = SHORT_FRAMES as u16 + 1;
+        let mut b = encode(&w, &[]);
+        b.resize(SHORT_RECORD_SIZE, 0);
+        assert_eq!(decode(&b), Err(DecodeError::Frames(w.nframes, kind::ALLOC)));
+        let deep: Vec<u64> = (1..=40).collect();
+        w.nframes = 40;
+        let b = encode(&w, &deep);
+        assert_eq!(b.len(), RECORD_SIZE);
+        assert_eq!(decode(&b).unwrap().frames.iter().collect::<Vec<_>>(), deep);
     }
 
     #[test]
@@ -458,10 +482,13 @@ mod tests {
             s ^= s << 17;
             s
         };
-        for len in (0..200).chain([RECORD_SIZE; 200]) {
+        for len in (0..200)
+            .chain([RECORD_SIZE; 100])
+            .chain([SHORT_RECORD_SIZE; 100])
+        {
             for _ in 0..50 {
                 let mut v: Vec<u8> = (0..len).map(|_| next() as u8).collect();
-                if len == RECORD_SIZE {
+                if len >= SHORT_RECORD_SIZE {
                     v[6] = (next() % 80) as u8;
                     v[7] = 0;
                     v[0] = (next() % 9) as u8;
