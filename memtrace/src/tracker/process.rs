@@ -24,15 +24,14 @@ impl Kind {
     }
 }
 
-/// An outstanding heap block.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// An outstanding heap block. How many allocations it stands for (1
+/// unless sampling) is not stored: it is [`Process::weight`] of its size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Block {
     pub size: u64,
     pub ts_ns: u64,
     /// Index into `Process::stacks`.
     pub stack: u32,
-    /// How many allocations this one stands for (1 unless sampling).
-    pub weight: f32,
 }
 
 /// What one allocating stack still holds, and has done.
@@ -86,7 +85,9 @@ pub struct Process {
     /// Estimated outstanding bytes and allocations (sampling).
     pub est_bytes: f64,
     pub est_allocations: f64,
-    /// Mean bytes between samples (0: not sampling).
+    /// Mean bytes between samples (0: not sampling). Set before the first
+    /// event and never changed: heap blocks' weights are computed from it
+    /// (and their size) both when they are allocated and when freed.
     pub sample_bytes: u64,
     /// Sizes of every allocation, bytes.
     pub sizes: Histogram<u64>,
@@ -215,7 +216,7 @@ impl Process {
         self.touch(ts);
         if let Some(old) = self.heap.remove(&addr) {
             self.counters.missed_frees += 1;
-            self.sub(old.stack, old.size, true, f64::from(old.weight));
+            self.sub(old.stack, old.size, true, self.weight(old.size));
         }
         if !self.room {
             self.counters.dropped += 1;
@@ -230,7 +231,6 @@ impl Process {
                 size,
                 ts_ns: ts,
                 stack: idx,
-                weight: weight as f32,
             },
         );
     }
@@ -239,7 +239,7 @@ impl Process {
         self.touch(ts);
         match self.heap.remove(&addr) {
             Some(b) => {
-                self.sub(b.stack, b.size, true, f64::from(b.weight));
+                self.sub(b.stack, b.size, true, self.weight(b.size));
                 let _ = self.lifetimes_us.record(ts.saturating_sub(b.ts_ns) / 1_000);
             }
             None => self.counters.untracked_frees += 1,

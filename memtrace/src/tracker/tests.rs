@@ -368,3 +368,66 @@ fn held_follows_exec_exit_and_retention() {
     t.retain_exited(|_| false);
     assert_eq!(t.held(), 0);
 }
+
+/// The sampling weight as memtrace computed and stored it (as an f32 in
+/// every block) before blocks stopped storing it.
+fn stored_weight(size: u64, sample_bytes: u64) -> f32 {
+    if sample_bytes == 0 {
+        return 1.0;
+    }
+    let p = -(-(size.max(1) as f64) / sample_bytes as f64).exp_m1();
+    (if p > 0.0 { 1.0 / p } else { 1.0 }) as f32
+}
+
+#[test]
+fn sampling_weights_and_estimates_unchanged() {
+    const N: u64 = 512 * 1024;
+    let sizes = [
+        0,
+        1,
+        16,
+        1000,
+        4096,
+        100_000,
+        N,
+        3 * N,
+        1 << 30,
+        (1 << 40) + 1,
+    ];
+    for n in [0, 1, 4096, N] {
+        let mut p = Process::new(P, 0);
+        p.sample_bytes = n;
+        for s in sizes {
+            // Bit for bit what was stored, and the f64 it was computed as.
+            assert_eq!(p.weight(s) as f32, stored_weight(s, n), "size {s}, N {n}");
+        }
+    }
+    let mut t = Tracker::new();
+    t.set_sample_bytes(N);
+    for (i, &s) in sizes.iter().enumerate() {
+        t.on_event(&alloc(0x1000 * (i as u64 + 1), s, S1));
+    }
+    // Estimates as the stored weights gave them.
+    let mut est_bytes = 0.0;
+    let mut est_allocs = 0.0;
+    for &s in &sizes {
+        let w = f64::from(stored_weight(s, N));
+        est_bytes += s as f64 * w;
+        est_allocs += w;
+    }
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * b.abs().max(1.0);
+    let p = proc_of(&t);
+    assert!(
+        close(p.est_bytes, est_bytes),
+        "{} vs {est_bytes}",
+        p.est_bytes
+    );
+    assert!(close(p.est_allocations, est_allocs));
+    // Freeing takes back what allocating added.
+    for i in 0..sizes.len() {
+        t.on_event(&free(0x1000 * (i as u64 + 1)));
+    }
+    let p = proc_of(&t);
+    assert!(p.est_bytes.abs() < 1e-3 && p.est_allocations.abs() < 1e-9);
+    assert_eq!(p.outstanding_bytes, 0);
+}
