@@ -14,6 +14,7 @@
 //! - anonymous mmap regions are tracked by page range; munmap may cut any
 //!   part of them; mremap moves what it covers, keeping the original stack.
 
+mod heap;
 mod mmap;
 mod process;
 
