@@ -11,6 +11,11 @@
 //! word: such a block is "spilled", its exact size and stack kept in a side
 //! map, so nothing is ever truncated. The side map stays empty (and
 //! unallocated) in practice.
+//!
+//! The blocks are spread over [`SHARDS`] tables by a hash of the address.
+//! A growing table briefly holds its old and new bucket arrays (3 buckets
+//! for every 2 after): one big table peaks at ~1.5 times its size while it
+//! doubles, each shard at only 1/[`SHARDS`] of that excess.
 
 use std::collections::HashMap;
 
@@ -81,23 +86,38 @@ pub struct Entry {
     pub ts_ns: u64,
 }
 
+/// Tables the blocks are spread over.
+const SHARDS: usize = 16;
+
+/// The shard of `addr`: the top bits of a Fibonacci hash, which mixes the
+/// low bits (pointers share alignment zeros) into them.
+fn shard(addr: u64) -> usize {
+    (addr.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (u64::BITS - SHARDS.ilog2())) as usize
+}
+
 /// Outstanding heap blocks by address.
 #[derive(Default)]
 pub(crate) struct Heap {
-    blocks: HashMap<u64, Block>,
+    blocks: [HashMap<u64, Block>; SHARDS],
     /// Exact (size, stack) of the spilled blocks.
     spilled: HashMap<u64, (u64, u32)>,
 }
 
 impl Heap {
     pub fn len(&self) -> usize {
-        self.blocks.len()
+        self.blocks.iter().map(HashMap::len).sum()
     }
 
     /// Blocks whose size or stack did not fit inline.
     #[cfg(test)]
     pub fn spilled_len(&self) -> usize {
         self.spilled.len()
+    }
+
+    /// Blocks per shard.
+    #[cfg(test)]
+    pub fn shard_lens(&self) -> [usize; SHARDS] {
+        std::array::from_fn(|i| self.blocks[i].len())
     }
 
     /// Hold `e` at `addr`, replacing whatever was there.
@@ -114,11 +134,11 @@ impl Heap {
                 Block::spilled(e.ts_ns)
             }
         };
-        self.blocks.insert(addr, block);
+        self.blocks[shard(addr)].insert(addr, block);
     }
 
     pub fn remove(&mut self, addr: u64) -> Option<Entry> {
-        let b = self.blocks.remove(&addr)?;
+        let b = self.blocks[shard(addr)].remove(&addr)?;
         match (b.size(), b.stack()) {
             (Some(size), Some(stack)) => Some(Entry {
                 size,
@@ -136,6 +156,7 @@ impl Heap {
     pub fn iter(&self) -> impl Iterator<Item = Entry> + '_ {
         self.blocks
             .iter()
+            .flat_map(|m| m.iter())
             .filter_map(|(addr, &b)| self.unpack(*addr, b))
     }
 

@@ -420,6 +420,40 @@ fn heap_spills_what_does_not_fit_and_keeps_it_exact() {
 }
 
 #[test]
+fn heap_shards_spread_aligned_addresses() {
+    use heap::{Entry, Heap};
+    // Pointers of one size class, page- and MiB-aligned ones, and a mix.
+    for (base, stride) in [
+        (0x5555_0000_0010, 16),
+        (0x7f00_0000_0000, 4096),
+        (0x7f00_0000_0000, 1 << 20),
+        (0x1000, 48),
+    ] {
+        let mut h = Heap::default();
+        let n = 16_000;
+        for i in 0..n {
+            let e = Entry {
+                size: 16,
+                stack: 0,
+                ts_ns: i,
+            };
+            h.insert(base + i * stride, e);
+        }
+        assert_eq!(h.len(), n as usize);
+        let lens = h.shard_lens();
+        // 1000 each when even: no shard far off.
+        assert!(
+            lens.iter().all(|&l| (800..1200).contains(&l)),
+            "stride {stride}: {lens:?}"
+        );
+        for i in 0..n {
+            assert_eq!(h.remove(base + i * stride).map(|e| e.ts_ns), Some(i));
+        }
+        assert_eq!(h.len(), 0);
+    }
+}
+
+#[test]
 fn huge_block_keeps_exact_byte_counts() {
     // 2 TiB + 3 bytes: past what a block holds inline.
     let huge = (2 << 40) + 3;
