@@ -100,8 +100,8 @@ pub struct Tuning {
     pub ring_bytes: u32,
 
     /// Bound on outstanding allocations tracked, over all processes (about
-    /// 100 bytes of memtrace's memory each). Past it, new allocations are
-    /// counted as dropped, never silently lost.
+    /// 60 bytes of memtrace's memory each, ~100 for mappings). Past it, new
+    /// allocations are counted as dropped, never silently lost.
     #[arg(long, global = true, value_name = "N", default_value_t = 4_000_000)]
     pub max_allocations: usize,
 

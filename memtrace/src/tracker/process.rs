@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use hdrhistogram::Histogram;
 
+use super::heap::{Entry, Heap};
 use super::mmap::Regions;
 use crate::decode::StackRef;
 
@@ -22,17 +23,6 @@ impl Kind {
             Kind::Mmap => "mmap",
         }
     }
-}
-
-/// An outstanding heap block.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Block {
-    pub size: u64,
-    pub ts_ns: u64,
-    /// Index into `Process::stacks`.
-    pub stack: u32,
-    /// How many allocations this one stands for (1 unless sampling).
-    pub weight: f32,
 }
 
 /// What one allocating stack still holds, and has done.
@@ -76,7 +66,7 @@ pub struct Process {
     pub exited_ns: Option<u64>,
     /// Command name, when the kernel told it (exec, exit).
     pub comm: Option<String>,
-    pub heap: HashMap<u64, Block>,
+    pub(super) heap: Heap,
     pub(super) regions: Regions,
     pub stacks: Vec<StackAgg>,
     stack_index: HashMap<(StackRef, Kind), u32>,
@@ -86,7 +76,9 @@ pub struct Process {
     /// Estimated outstanding bytes and allocations (sampling).
     pub est_bytes: f64,
     pub est_allocations: f64,
-    /// Mean bytes between samples (0: not sampling).
+    /// Mean bytes between samples (0: not sampling). Set before the first
+    /// event and never changed: heap blocks' weights are computed from it
+    /// (and their size) both when they are allocated and when freed.
     pub sample_bytes: u64,
     /// Sizes of every allocation, bytes.
     pub sizes: Histogram<u64>,
@@ -119,7 +111,7 @@ impl Process {
             last_ns: ts,
             exited_ns: None,
             comm: None,
-            heap: HashMap::new(),
+            heap: Heap::default(),
             regions: Regions::default(),
             stacks: Vec::new(),
             stack_index: HashMap::new(),
@@ -213,9 +205,9 @@ impl Process {
 
     pub fn alloc(&mut self, addr: u64, size: u64, stack: StackRef, ts: u64) {
         self.touch(ts);
-        if let Some(old) = self.heap.remove(&addr) {
+        if let Some(old) = self.heap.remove(addr) {
             self.counters.missed_frees += 1;
-            self.sub(old.stack, old.size, true, f64::from(old.weight));
+            self.sub(old.stack, old.size, true, self.weight(old.size));
         }
         if !self.room {
             self.counters.dropped += 1;
@@ -226,20 +218,19 @@ impl Process {
         self.add(idx, size, true, weight);
         self.heap.insert(
             addr,
-            Block {
+            Entry {
                 size,
-                ts_ns: ts,
                 stack: idx,
-                weight: weight as f32,
+                ts_ns: ts,
             },
         );
     }
 
     pub fn free(&mut self, addr: u64, ts: u64) {
         self.touch(ts);
-        match self.heap.remove(&addr) {
+        match self.heap.remove(addr) {
             Some(b) => {
-                self.sub(b.stack, b.size, true, f64::from(b.weight));
+                self.sub(b.stack, b.size, true, self.weight(b.size));
                 let _ = self.lifetimes_us.record(ts.saturating_sub(b.ts_ns) / 1_000);
             }
             None => self.counters.untracked_frees += 1,
@@ -259,7 +250,7 @@ impl Process {
             let slot = &mut v[idx as usize];
             *slot = Some(slot.map_or(ts, |t| t.min(ts)));
         };
-        for b in self.heap.values() {
+        for b in self.heap.iter() {
             note(b.stack, b.ts_ns);
         }
         for r in self.regions.iter() {
@@ -270,7 +261,7 @@ impl Process {
 
     /// Outstanding bytes allocated before `ts`.
     pub fn bytes_older_than(&self, ts: u64) -> u64 {
-        let heap = self.heap.values().filter(|b| b.ts_ns < ts).map(|b| b.size);
+        let heap = self.heap.iter().filter(|b| b.ts_ns < ts).map(|b| b.size);
         let maps = self
             .regions
             .iter()
@@ -281,7 +272,7 @@ impl Process {
 
     /// Timestamp of the oldest outstanding allocation.
     pub fn oldest_ns(&self) -> Option<u64> {
-        let heap = self.heap.values().map(|b| b.ts_ns);
+        let heap = self.heap.iter().map(|b| b.ts_ns);
         let maps = self.regions.iter().map(|r| r.ts_ns);
         heap.chain(maps).min()
     }

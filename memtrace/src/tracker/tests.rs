@@ -368,3 +368,188 @@ fn held_follows_exec_exit_and_retention() {
     t.retain_exited(|_| false);
     assert_eq!(t.held(), 0);
 }
+
+#[test]
+fn block_packing_round_trips() {
+    use heap::Block;
+    let sizes = [0, 1, 16, 4096, (1 << 32) + 7, Block::MAX_SIZE];
+    let stacks = [0, 1, 255, 1 << 16, (1 << 23) + 3, Block::MAX_STACK];
+    for size in sizes {
+        for stack in stacks {
+            let b = Block::pack(size, stack, 42).expect("fits inline");
+            assert_eq!(
+                (b.size(), b.stack(), b.ts_ns),
+                (Some(size), Some(stack), 42)
+            );
+        }
+    }
+    assert_eq!(Block::MAX_SIZE, (1 << 40) - 2);
+    assert_eq!(Block::MAX_STACK, (1 << 24) - 1);
+    // What does not fit is refused, never truncated.
+    assert_eq!(Block::pack(Block::MAX_SIZE + 1, 0, 0), None);
+    assert_eq!(Block::pack(u64::MAX, 0, 0), None);
+    assert_eq!(Block::pack(1, Block::MAX_STACK + 1, 0), None);
+    assert_eq!(Block::pack(1, u32::MAX, 0), None);
+}
+
+#[test]
+fn heap_spills_what_does_not_fit_and_keeps_it_exact() {
+    use heap::{Entry, Heap};
+    let mut h = Heap::default();
+    let e = |size, stack, ts_ns| Entry { size, stack, ts_ns };
+    let small = e(16, 3, 1);
+    let huge = e((3 << 40) + 5, 7, 2);
+    let deep = e(24, (1 << 24) + 9, 3);
+    let both = e(u64::MAX, u32::MAX, 4);
+    for (addr, x) in [(0x10, small), (0x20, huge), (0x30, deep), (0x40, both)] {
+        h.insert(addr, x);
+    }
+    assert_eq!((h.len(), h.spilled_len()), (4, 3));
+    let mut all: Vec<_> = h.iter().collect();
+    all.sort_by_key(|x| x.ts_ns);
+    assert_eq!(all, vec![small, huge, deep, both]);
+    // Replacing a spilled block by an inline one drops its spill record.
+    h.insert(0x20, e(8, 1, 5));
+    assert_eq!((h.len(), h.spilled_len()), (4, 2));
+    assert_eq!(h.remove(0x20), Some(e(8, 1, 5)));
+    assert_eq!(h.remove(0x30), Some(deep));
+    assert_eq!(h.remove(0x40), Some(both));
+    assert_eq!(h.remove(0x40), None);
+    assert_eq!(h.remove(0x10), Some(small));
+    assert_eq!((h.len(), h.spilled_len()), (0, 0));
+}
+
+#[test]
+fn heap_shards_spread_aligned_addresses() {
+    use heap::{Entry, Heap};
+    // Pointers of one size class, page- and MiB-aligned ones, and a mix.
+    for (base, stride) in [
+        (0x5555_0000_0010, 16),
+        (0x7f00_0000_0000, 4096),
+        (0x7f00_0000_0000, 1 << 20),
+        (0x1000, 48),
+    ] {
+        let mut h = Heap::default();
+        let n = 16_000;
+        for i in 0..n {
+            let e = Entry {
+                size: 16,
+                stack: 0,
+                ts_ns: i,
+            };
+            h.insert(base + i * stride, e);
+        }
+        assert_eq!(h.len(), n as usize);
+        let lens = h.shard_lens();
+        // 1000 each when even: no shard far off.
+        assert!(
+            lens.iter().all(|&l| (800..1200).contains(&l)),
+            "stride {stride}: {lens:?}"
+        );
+        for i in 0..n {
+            assert_eq!(h.remove(base + i * stride).map(|e| e.ts_ns), Some(i));
+        }
+        assert_eq!(h.len(), 0);
+    }
+}
+
+#[test]
+fn huge_block_keeps_exact_byte_counts() {
+    // 2 TiB + 3 bytes: past what a block holds inline.
+    let huge = (2 << 40) + 3;
+    let t = run(&[alloc(0x10, huge, S1), alloc(0x20, 100, S2)]);
+    let p = proc_of(&t);
+    assert_eq!(p.heap.spilled_len(), 1);
+    assert_eq!(
+        (p.outstanding_bytes, p.outstanding_allocations),
+        (huge + 100, 2)
+    );
+    assert_eq!(held(p, S1, Kind::Heap), (huge, 1));
+    assert_eq!(p.bytes_older_than(2), huge + 100);
+    assert_eq!(p.counters.allocated_bytes, huge + 100);
+    assert_eq!(p.est_bytes, (huge + 100) as f64);
+    let t = run(&[alloc(0x10, huge, S1), alloc(0x20, 100, S2), free(0x10)]);
+    let p = proc_of(&t);
+    assert_eq!((p.outstanding_bytes, p.outstanding_allocations), (100, 1));
+    assert_eq!(held(p, S1, Kind::Heap), (0, 0));
+    assert_eq!(p.counters.freed_bytes, huge);
+    assert_eq!(p.heap.spilled_len(), 0);
+    // A huge block reallocated in place to a small one, and back.
+    let t = run(&[
+        alloc(0x10, huge, S1),
+        Event::Realloc {
+            meta: meta(3),
+            old_addr: 0x10,
+            addr: 0x10,
+            size: 64,
+            stack: S2,
+        },
+    ]);
+    let p = proc_of(&t);
+    assert_eq!((p.outstanding_bytes, p.counters.freed_bytes), (64, huge));
+    assert_eq!(held(p, S2, Kind::Heap), (64, 1));
+    assert_eq!(p.heap.spilled_len(), 0);
+}
+
+/// The sampling weight as memtrace computed and stored it (as an f32 in
+/// every block) before blocks stopped storing it.
+fn stored_weight(size: u64, sample_bytes: u64) -> f32 {
+    if sample_bytes == 0 {
+        return 1.0;
+    }
+    let p = -(-(size.max(1) as f64) / sample_bytes as f64).exp_m1();
+    (if p > 0.0 { 1.0 / p } else { 1.0 }) as f32
+}
+
+#[test]
+fn sampling_weights_and_estimates_unchanged() {
+    const N: u64 = 512 * 1024;
+    let sizes = [
+        0,
+        1,
+        16,
+        1000,
+        4096,
+        100_000,
+        N,
+        3 * N,
+        1 << 30,
+        (1 << 40) + 1,
+    ];
+    for n in [0, 1, 4096, N] {
+        let mut p = Process::new(P, 0);
+        p.sample_bytes = n;
+        for s in sizes {
+            // Bit for bit what was stored, and the f64 it was computed as.
+            assert_eq!(p.weight(s) as f32, stored_weight(s, n), "size {s}, N {n}");
+        }
+    }
+    let mut t = Tracker::new();
+    t.set_sample_bytes(N);
+    for (i, &s) in sizes.iter().enumerate() {
+        t.on_event(&alloc(0x1000 * (i as u64 + 1), s, S1));
+    }
+    // Estimates as the stored weights gave them.
+    let mut est_bytes = 0.0;
+    let mut est_allocs = 0.0;
+    for &s in &sizes {
+        let w = f64::from(stored_weight(s, N));
+        est_bytes += s as f64 * w;
+        est_allocs += w;
+    }
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * b.abs().max(1.0);
+    let p = proc_of(&t);
+    assert!(
+        close(p.est_bytes, est_bytes),
+        "{} vs {est_bytes}",
+        p.est_bytes
+    );
+    assert!(close(p.est_allocations, est_allocs));
+    // Freeing takes back what allocating added.
+    for i in 0..sizes.len() {
+        t.on_event(&free(0x1000 * (i as u64 + 1)));
+    }
+    let p = proc_of(&t);
+    assert!(p.est_bytes.abs() < 1e-3 && p.est_allocations.abs() < 1e-9);
+    assert_eq!(p.outstanding_bytes, 0);
+}
