@@ -10,6 +10,7 @@ mod collect;
 mod dashboard;
 mod decode;
 mod ebpf_log;
+mod fastmap;
 mod launch;
 mod output;
 mod probes;

@@ -1,6 +1,7 @@
 //! Stack frames of allocations: interned by content, and normalized to file
 //! addresses while the process is still alive.
 
+use crate::fastmap::FastMap;
 use std::{
     collections::{HashMap, HashSet},
     sync::Arc,
@@ -14,8 +15,8 @@ use crate::{
 #[derive(Default)]
 pub struct Stacks {
     /// Interned stacks: id → frames, and frames → id.
-    ips: HashMap<i32, Arc<[u64]>>,
-    ids: HashMap<Arc<[u64]>, i32>,
+    ips: FastMap<i32, Arc<[u64]>>,
+    ids: FastMap<Arc<[u64]>, i32>,
     next_id: i32,
     snapshots: HashMap<u32, Snapshot>,
     /// (pid, return address) → file address of the call instruction.

@@ -202,7 +202,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
     let target = opts.target_tgid;
     let sample = opts.sample_bytes;
     let log_level = crate::ebpf_log::level();
-    let sampled_entries = if sample == 0 { 1 } else { 1 << 20 };
+    let sampled_entries = sampled_entries(sample);
     let slots = thread_slots();
     let thread_mask = slots - 1;
     let mut ebpf = EbpfLoader::new()
@@ -277,6 +277,27 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         }
     };
     Ok(Loaded { ebpf, uprobes })
+}
+
+/// Room for live sampled blocks: twice what the host's memory could hold
+/// at one sample per `sample` bytes (a sample is one block, and blocks
+/// smaller than `sample` are sampled less often), between 2^12 and 2^20.
+/// Every free of an unsampled block looks its address up here, so the
+/// table is kept no larger than it needs to be: a small one stays in the
+/// CPU's caches.
+fn sampled_entries(sample: u64) -> u32 {
+    if sample == 0 {
+        return 1;
+    }
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("MemTotal:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(u64::MAX, |kib| kib.saturating_mul(1024));
+    let want = (mem / sample).saturating_mul(2);
+    want.clamp(1 << 12, 1 << 20).next_power_of_two() as u32
 }
 
 /// Slots of the per-thread in-flight array: one per possible thread id

@@ -17,7 +17,7 @@
 //! for every 2 after): one big table peaks at ~1.5 times its size while it
 //! doubles, each shard at only 1/[`SHARDS`] of that excess.
 
-use std::collections::HashMap;
+use crate::fastmap::FastMap;
 
 /// Bits of the packed word holding the size (low bits).
 const SIZE_BITS: u32 = 40;
@@ -98,14 +98,14 @@ fn shard(addr: u64) -> usize {
 /// Outstanding heap blocks by address.
 #[derive(Default)]
 pub(crate) struct Heap {
-    blocks: [HashMap<u64, Block>; SHARDS],
+    blocks: [FastMap<u64, Block>; SHARDS],
     /// Exact (size, stack) of the spilled blocks.
-    spilled: HashMap<u64, (u64, u32)>,
+    spilled: FastMap<u64, (u64, u32)>,
 }
 
 impl Heap {
     pub fn len(&self) -> usize {
-        self.blocks.iter().map(HashMap::len).sum()
+        self.blocks.iter().map(FastMap::len).sum()
     }
 
     /// Blocks whose size or stack did not fit inline.

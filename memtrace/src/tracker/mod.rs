@@ -18,7 +18,7 @@ mod heap;
 mod mmap;
 mod process;
 
-use std::collections::HashMap;
+use crate::fastmap::FastMap;
 
 pub use process::{Kind, ProcCounters, Process};
 
@@ -58,7 +58,7 @@ impl Default for Limits {
 
 #[derive(Default)]
 pub struct Tracker {
-    live: HashMap<u32, Process>,
+    live: FastMap<u32, Process>,
     exited: Vec<Process>,
     pub totals: Totals,
     /// When set, only these processes are tracked.

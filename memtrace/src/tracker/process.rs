@@ -1,7 +1,7 @@
 //! One traced process: its outstanding heap blocks and mmap regions, per
 //! stack aggregates, counters and histograms.
 
-use std::collections::HashMap;
+use crate::fastmap::FastMap;
 
 use hdrhistogram::Histogram;
 
@@ -69,7 +69,7 @@ pub struct Process {
     pub(super) heap: Heap,
     pub(super) regions: Regions,
     pub stacks: Vec<StackAgg>,
-    stack_index: HashMap<(StackRef, Kind), u32>,
+    stack_index: FastMap<(StackRef, Kind), u32>,
     pub counters: ProcCounters,
     pub outstanding_bytes: u64,
     pub outstanding_allocations: u64,
@@ -114,7 +114,7 @@ impl Process {
             heap: Heap::default(),
             regions: Regions::default(),
             stacks: Vec::new(),
-            stack_index: HashMap::new(),
+            stack_index: FastMap::default(),
             counters: ProcCounters::default(),
             outstanding_bytes: 0,
             outstanding_allocations: 0,
