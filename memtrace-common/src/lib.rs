@@ -19,7 +19,7 @@ pub const MAP_SAMPLED: &str = "SAMPLED";
 /// Global: mean bytes between samples (0: trace every allocation).
 pub const GLOBAL_SAMPLE_BYTES: &str = "SAMPLE_BYTES";
 /// Name of the per-thread array of allocator calls in progress (indexed by
-/// thread id modulo its size; `MAP_INFLIGHT` takes the collisions).
+/// thread id; `MAP_INFLIGHT` takes the thread ids past its end).
 pub const MAP_THREADS: &str = "THREADS";
 /// Name of the per-CPU array of loss counters, indexed by [`Counter`].
 pub const MAP_COUNTERS: &str = "COUNTERS";
@@ -29,8 +29,8 @@ pub const GLOBAL_SELF_TGID: &str = "SELF_TGID";
 /// Global: when nonzero, the eBPF programs return at once (the overhead
 /// "floor" configuration of `cargo xtask bench`).
 pub const GLOBAL_FLOOR_ONLY: &str = "FLOOR_ONLY";
-/// Global: size of [`MAP_THREADS`] minus one (the size is a power of two).
-pub const GLOBAL_THREAD_MASK: &str = "THREAD_MASK";
+/// Global: the highest thread id with a slot in [`MAP_THREADS`].
+pub const GLOBAL_THREAD_LAST: &str = "THREAD_LAST";
 /// Global: when nonzero, process events (exec/exit) are only emitted for the
 /// tgid stored in [`GLOBAL_TARGET_TGID`].
 pub const GLOBAL_TARGET_TGID: &str = "TARGET_TGID";
@@ -146,7 +146,7 @@ pub struct Inflight {
     pub func: u16,
     /// Nonzero when the call was not sampled (only its nesting matters).
     pub skip: u16,
-    /// The thread this record belongs to (slots are shared modulo size).
+    /// The thread this record belongs to.
     pub tid: u32,
     /// Stack pointer at entry; nested calls have a lower one. 0: no call.
     pub sp: u64,

@@ -8,9 +8,8 @@
 //! recognised by their lower stack pointer and never emitted twice.
 //!
 //! Per-thread entry state lives in `THREADS`, an array indexed by thread id
-//! (modulo its size, which userspace makes at least `pid_max` when it can):
-//! a load and a store, no hashing, no lock. A thread whose slot is held by
-//! another thread's call (ids equal modulo the size) uses `INFLIGHT`, a hash
+//! (userspace sizes it to `pid_max`, up to 2^17 slots): a load and a store,
+//! no hashing, no lock. Threads with a larger id use `INFLIGHT`, a hash
 //! map, instead.
 //!
 //! Stacks are walked by frame pointers at the return probe, where the
@@ -47,13 +46,13 @@ use memtrace_common::{
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 
-/// Allocator calls between entry and return, one slot per thread id
-/// modulo the size (a power of two, overridden by userspace at load).
+/// Allocator calls between entry and return, one slot per thread id up to
+/// `THREAD_LAST` (the size is overridden by userspace at load).
 #[map(name = "THREADS")]
 static THREADS: Array<Inflight> = Array::with_max_entries(1, 0);
 
-/// Allocator calls of threads whose `THREADS` slot another thread's call
-/// holds, keyed by thread id.
+/// Allocator calls of threads whose id is past the end of `THREADS`, keyed
+/// by thread id.
 #[map(name = "INFLIGHT")]
 static INFLIGHT: HashMap<u32, Inflight> = HashMap::with_max_entries(16384, 0);
 
@@ -91,11 +90,11 @@ static TARGET_TGID: u32 = 0;
 #[unsafe(no_mangle)]
 static mut CXX_SEEN: u32 = 0;
 
-/// Size of `THREADS` minus one (its size is a power of two).
+/// The highest thread id with a slot in `THREADS` (its size minus one).
 #[unsafe(no_mangle)]
-static THREAD_MASK: u32 = 0;
-/// Set once any record went to `INFLIGHT` (thread ids collided modulo the
-/// size of `THREADS`): until then, nothing needs to look there.
+static THREAD_LAST: u32 = 0;
+/// Set once any record went to `INFLIGHT` (a thread id past the end of
+/// `THREADS`): until then, nothing needs to look there.
 #[unsafe(no_mangle)]
 static mut HASH_USED: u32 = 0;
 
@@ -172,14 +171,16 @@ fn regs_sp(regs: *const aya_ebpf::bindings::pt_regs) -> u64 {
     unsafe { (*regs).rsp }
 }
 
-/// This thread's slot in `THREADS`.
+/// This thread's slot in `THREADS` (none for thread ids past its end).
 #[inline(always)]
 fn slot(tid: u32) -> Option<&'static mut Inflight> {
-    let p = THREADS.get_ptr_mut(tid & global_u32(&THREAD_MASK))?;
+    if tid > global_u32(&THREAD_LAST) {
+        return None;
+    }
+    let p = THREADS.get_ptr_mut(tid)?;
     // SAFETY: a pointer into the array's value memory, valid for the
-    // program's run; only this thread writes a slot it owns (threads whose
-    // ids collide modulo the size race only when both enter at once, and
-    // the loser's return is then counted as without entry).
+    // program's run; the slot is this thread's alone (indexed by its id),
+    // and a thread runs one program at a time.
     Some(unsafe { &mut *p })
 }
 
@@ -342,29 +343,22 @@ fn enter(ctx: &ProbeContext, call: Call, session: bool) -> bool {
         }
     }
     let want = rec.skip != skip::GONE;
-    let Some(s) = slot(tid) else {
-        return false;
-    };
-    if s.sp != 0 && s.tid == tid {
-        if covers(s, sp, f, 0) {
+    if let Some(s) = slot(tid) {
+        if s.sp != 0 && s.tid == tid && covers(s, sp, f, 0) {
             return false;
         }
-        // A record of a call that is over (its return was never seen, or
-        // it had none).
+        // Free, or a record of a call that is over (its return was never
+        // seen, or it had none).
         *s = rec;
         return want;
     }
+    // A thread id past the array: the hash map.
     if let Some(h) = hashed(tid) {
         if covers(&h, sp, f, 0) {
             return false;
         }
         hash_remove(tid);
     }
-    if s.sp == 0 {
-        *s = rec;
-        return want;
-    }
-    // Another thread's call holds the slot.
     // SAFETY: a racy store of a constant to a flag only ever set to 1.
     unsafe { core::ptr::write_volatile(&raw mut HASH_USED, 1) };
     if INFLIGHT.insert(tid, rec, 0).is_err() {

@@ -23,7 +23,7 @@ use aya::{
 };
 use memtrace_common::{
     GLOBAL_FLOOR_ONLY, GLOBAL_SAMPLE_BYTES, GLOBAL_SELF_TGID, GLOBAL_TARGET_TGID,
-    GLOBAL_THREAD_MASK, MAP_EVENTS, MAP_SAMPLED, MAP_THREADS, func,
+    GLOBAL_THREAD_LAST, MAP_EVENTS, MAP_SAMPLED, MAP_THREADS, func,
 };
 
 use self::{elf::ElfSyms, prologue::Choice};
@@ -204,13 +204,13 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
     let log_level = crate::ebpf_log::level();
     let sampled_entries = sampled_entries(sample);
     let slots = thread_slots();
-    let thread_mask = slots - 1;
+    let thread_last = slots - 1;
     let mut ebpf = EbpfLoader::new()
         .override_global(GLOBAL_SELF_TGID, &self_tgid, true)
         .override_global(GLOBAL_FLOOR_ONLY, &floor, true)
         .override_global(GLOBAL_TARGET_TGID, &target, true)
         .override_global(GLOBAL_SAMPLE_BYTES, &sample, true)
-        .override_global(GLOBAL_THREAD_MASK, &thread_mask, true)
+        .override_global(GLOBAL_THREAD_LAST, &thread_last, true)
         .override_global("AYA_LOG_LEVEL", &log_level, false)
         .map_max_entries(MAP_SAMPLED, sampled_entries)
         .map_max_entries(MAP_EVENTS, opts.ring_bytes)
@@ -301,15 +301,22 @@ fn sampled_entries(sample: u64) -> u32 {
 }
 
 /// Slots of the per-thread in-flight array: one per possible thread id
-/// (`pid_max`, rounded up to a power of two) up to 2^17 (5 MiB); past that,
-/// thread ids share slots modulo the size, and a thread whose slot is
-/// taken uses the fallback hash map.
+/// (`pid_max`), up to 2^17 (5 MiB); threads with larger ids (hosts that
+/// raised `pid_max`) use the hash map.
 fn thread_slots() -> u32 {
+    // For tests of the hash map path: MEMTRACE_THREAD_SLOTS=1 sends every
+    // thread there.
+    if let Some(n) = std::env::var("MEMTRACE_THREAD_SLOTS")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+    {
+        return n.clamp(1, 1 << 17);
+    }
     let pid_max = std::fs::read_to_string("/proc/sys/kernel/pid_max")
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())
         .unwrap_or(1 << 22);
-    pid_max.clamp(1024, 1 << 17).next_power_of_two()
+    pid_max.clamp(1024, 1 << 17)
 }
 
 #[cold]
