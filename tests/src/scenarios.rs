@@ -480,6 +480,15 @@ pub const DEEPER: Scenario = Scenario {
     ..Scenario::new("deeper", "deep")
 };
 
+/// malloc called through a pointer (a canonical PLT entry when built
+/// non-PIE: see tests/discovery.rs).
+pub const PLT: Scenario = Scenario {
+    source: "plt.c",
+    expect: &[heap("leak_through_pointer", 4 * 321, 4).from("main")],
+    absent: &["noleak_through_pointer"],
+    ..Scenario::new("plt", "plt")
+};
+
 /// An allocator dlopen()ed after start (mimalloc's mi_malloc, through dlsym).
 pub const DLOPEN: Scenario = Scenario {
     source: "dlopen_alloc.c",
@@ -552,6 +561,7 @@ pub const ALL: &[&Scenario] = &[
     &QUICK_EXIT,
     &DEEP,
     &DEEPER,
+    &PLT,
     &DLOPEN,
     &PID,
     &PID_BUSY,

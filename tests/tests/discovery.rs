@@ -105,6 +105,28 @@ fn static_executable_own_malloc() {
 }
 
 #[test]
+fn non_pie_plt_entries_are_not_an_allocator() {
+    if !require_ebpf() {
+        return;
+    }
+    let _g = serial();
+    let exe = workload_with("plt", None, &["-no-pie", "-fno-pie"]);
+    let t = check(
+        &scenarios::PLT,
+        &exe,
+        &[],
+        &exe,
+        None,
+        "libc.so.6 (allocator)",
+    );
+    let n = notes(&t);
+    assert!(
+        !n.contains("plt (allocator)"),
+        "the executable's PLT entries were taken for an allocator:\n{n}"
+    );
+}
+
+#[test]
 fn preloaded_jemalloc() {
     if !require_ebpf() {
         return;

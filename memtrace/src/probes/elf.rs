@@ -46,7 +46,14 @@ impl ElfSyms {
         for sym in file.dynamic_symbols().chain(file.symbols()) {
             let Ok(name) = sym.name() else { continue };
             // Versioned names (malloc@@GLIBC_2.2.5) come without the suffix here.
-            if sym.kind() != object::SymbolKind::Text || !wanted.contains(&name) {
+            // An undefined symbol with an address is a non-PIE executable's
+            // canonical PLT entry (malloc whose address the program takes):
+            // the real function is elsewhere, and the PLT's indirect jump
+            // would be single-stepped on every call.
+            if sym.kind() != object::SymbolKind::Text
+                || sym.is_undefined()
+                || !wanted.contains(&name)
+            {
                 continue;
             }
             if syms.contains_key(name) || sym.address() == 0 {
