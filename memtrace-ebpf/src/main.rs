@@ -640,6 +640,10 @@ fn walk_in(
 fn finish(ctx: &RetProbeContext, mut ev: Event, tid: u32, sp: u64) {
     let (first, fp, lo) = stack_start(ctx, tid, sp);
     let Some(w) = WALK.get_ptr_mut(0) else {
+        // No scratch page (cannot happen with a per-CPU array of one
+        // entry): the allocation still counts, without its stack.
+        bump(Counter::StackTruncated);
+        emit(&ev);
         return;
     };
     // SAFETY: this CPU's scratch value; another walk only reuses it if this

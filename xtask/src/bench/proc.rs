@@ -491,16 +491,25 @@ pub fn wait_planted(
     }
 }
 
-/// Another tracer's uprobes are in this very process's libc: some tracer
-/// on the host has system-wide probes attached (nobody traces xtask by
-/// pid), and every process pays for them.
+/// Some process holds probes (bpf links or perf events: see
+/// [`probe_fds`]), so the host may be paying for them. Between runs the
+/// benchmark's own tracers have exited, so any holder is another tracer.
+/// (Anonymous pages in this process's libc text, the earlier test, stay
+/// after a system-wide tracer detaches: copy-on-write pages are not given
+/// back, so every later run looked traced.)
 pub fn foreign_tracer() -> bool {
-    libc_text_anon_kib(std::process::id() as i32).unwrap_or(0) > 0
+    let me = std::process::id() as i32;
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return false;
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .any(|pid| pid != me && probe_fds(pid) > 0)
 }
 
 /// After our own system-wide tracer exited: waits (at most `timeout`) until
-/// its breakpoints are gone from this process's libc, so the next run does
-/// not start under them.
+/// no process holds probes any more, so the next run does not start under
+/// them.
 pub fn wait_unplanted(timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while foreign_tracer() && Instant::now() < deadline {
