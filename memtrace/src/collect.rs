@@ -1,17 +1,21 @@
 //! The live data path: ring buffer → decode → tracker (stacks interned on
 //! the way), plus the loss counters the eBPF programs keep.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    os::fd::AsFd as _,
+};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{Map, MapData, PerCpuArray},
 };
 use memtrace_common::{Counter, MAP_COUNTERS, MAP_EVENTS};
 
 use crate::{
     decode::{self, Event},
+    ringbuf::Ring,
     stacks::Stacks,
     tracker::Tracker,
 };
@@ -36,7 +40,9 @@ impl KernelCounters {
 }
 
 pub struct Collector {
-    ring: RingBuf<MapData>,
+    ring: Ring,
+    /// The ring buffer map, kept open while `ring` maps it.
+    _ring_map: MapData,
     counters: PerCpuArray<MapData, u64>,
     pub tracker: Tracker,
     pub stacks: Stacks,
@@ -89,10 +95,27 @@ where
     T::try_from(map).with_context(|| format!("eBPF map {name} has an unexpected type"))
 }
 
+/// The events ring buffer map, and a batching reader of it.
+fn ring(ebpf: &mut Ebpf) -> Result<(Ring, MapData)> {
+    let Some(Map::RingBuf(data)) = ebpf.take_map(MAP_EVENTS) else {
+        return Err(anyhow!(
+            "eBPF map {MAP_EVENTS} missing or not a ring buffer"
+        ));
+    };
+    let size = data
+        .info()
+        .with_context(|| format!("eBPF map {MAP_EVENTS}: reading its size"))?
+        .max_entries() as usize;
+    let ring = Ring::new(data.fd().as_fd(), size)?;
+    Ok((ring, data))
+}
+
 impl Collector {
     pub fn new(ebpf: &mut Ebpf, tracker: Tracker) -> Result<Self> {
+        let (ring, ring_map) = ring(ebpf)?;
         Ok(Self {
-            ring: take(ebpf, MAP_EVENTS)?,
+            ring,
+            _ring_map: ring_map,
             counters: take(ebpf, MAP_COUNTERS)?,
             tracker,
             stacks: Stacks::default(),
@@ -105,32 +128,36 @@ impl Collector {
 
     /// Consume every record in the ring. Returns how many were read.
     pub fn drain(&mut self) -> usize {
-        let mut n = 0;
-        self.clock.start_drain(crate::system::monotonic_ns());
-        while let Some(item) = self.ring.next() {
-            n += 1;
-            match decode::decode(&item) {
-                Ok(d) => {
-                    let mut ev = d.event;
-                    self.clock.stamp(&mut ev.meta_mut().ts_ns);
-                    if let Some(st) = ev.stack_mut() {
-                        if !d.frames.is_empty() {
-                            st.id = self.stacks.intern_frames(d.frames.iter());
-                        }
-                        self.touched.insert(ev.meta().pid);
+        let Self {
+            ring,
+            tracker,
+            stacks,
+            touched,
+            thread_execs,
+            clock,
+            ..
+        } = self;
+        clock.start_drain(crate::system::monotonic_ns());
+        ring.drain(|item| match decode::decode(item) {
+            Ok(d) => {
+                let mut ev = d.event;
+                clock.stamp(&mut ev.meta_mut().ts_ns);
+                if let Some(st) = ev.stack_mut() {
+                    if !d.frames.is_empty() {
+                        st.id = stacks.intern_frames(d.frames.iter());
                     }
-                    if let Event::Exec { meta, old_tid, .. } = ev {
-                        self.stacks.forget_process(meta.pid);
-                        if old_tid != 0 && old_tid != meta.pid {
-                            self.thread_execs.push(meta.pid);
-                        }
-                    }
-                    self.tracker.on_event(&ev);
+                    touched.insert(ev.meta().pid);
                 }
-                Err(_) => self.tracker.on_decode_error(),
+                if let Event::Exec { meta, old_tid, .. } = ev {
+                    stacks.forget_process(meta.pid);
+                    if old_tid != 0 && old_tid != meta.pid {
+                        thread_execs.push(meta.pid);
+                    }
+                }
+                tracker.on_event(&ev);
             }
-        }
-        n
+            Err(_) => tracker.on_decode_error(),
+        })
     }
 
     /// Read the frames of stacks first seen since the last call and

@@ -16,6 +16,7 @@ mod output;
 mod probes;
 mod procmaps;
 mod report;
+mod ringbuf;
 mod stacks;
 mod symbolize;
 mod system;
