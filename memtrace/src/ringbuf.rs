@@ -4,8 +4,9 @@
 //! position once per record. Both live on cache lines the kernel's
 //! `bpf_ringbuf_reserve` touches on every event, so while userspace drains,
 //! every event the traced program emits pays cross-core cache misses. Here
-//! the producer position is read once per batch and the consumer position
-//! published once per batch.
+//! the producer position is read once per batch, and the consumer position
+//! published every [`PUBLISH_EVERY`] records (so a long backlog frees room
+//! as it is read, not only at its end) and at the end of the batch.
 //!
 //! Layout (kernel/bpf/ringbuf.c): page 0 holds the consumer position
 //! (mapped read-write), page 1 the producer position, then the data pages,
@@ -24,6 +25,8 @@ use anyhow::{Result, bail};
 const BUSY: u32 = 1 << 31;
 const DISCARD: u32 = 1 << 30;
 const HEADER: usize = 8;
+/// Records between two publications of the consumer position.
+pub const PUBLISH_EVERY: usize = 512;
 
 struct Mapping {
     ptr: NonNull<u8>,
@@ -110,13 +113,29 @@ impl Ring {
         unsafe { self.producer.ptr.cast::<AtomicUsize>().as_ref() }
     }
 
-    /// Hand every complete record up to the producer position (read once)
-    /// to `f`, in order; publish the new consumer position once. Returns
-    /// how many records were read (discarded ones not counted).
+    /// Hand every complete record to `f`, in order, until the ring is
+    /// empty. Returns how many were read (discarded ones not counted).
     pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> usize {
+        let mut n = 0;
+        loop {
+            let (got, more) = self.batch(&mut f);
+            n += got;
+            if !more {
+                return n;
+            }
+        }
+    }
+
+    /// The records up to the producer position, read once. Returns how
+    /// many were read, and whether the batch reached that position (the
+    /// producer may have gone on meanwhile) rather than a record still
+    /// being written.
+    fn batch(&mut self, f: &mut impl FnMut(&[u8])) -> (usize, bool) {
         let end = self.producer_pos().load(Ordering::Acquire);
         let start = self.pos;
+        let mut published = self.pos;
         let mut n = 0;
+        let mut since = 0;
         while self.pos < end {
             let off = self.page + (self.pos & self.mask);
             // SAFETY: `off` is within the first copy of the data pages and
@@ -130,12 +149,14 @@ impl Ring {
                     .load(Ordering::Acquire)
             };
             if hdr & BUSY != 0 {
-                break;
+                self.publish(&mut published);
+                return (n, false);
             }
             let len = (hdr & !(BUSY | DISCARD)) as usize;
             if len > self.mask + 1 - HEADER {
                 // A corrupt header: stop rather than read out of bounds.
-                break;
+                self.publish(&mut published);
+                return (n, false);
             }
             if hdr & DISCARD == 0 {
                 // SAFETY: the record's bytes follow its header and, the data
@@ -149,10 +170,21 @@ impl Ring {
                 n += 1;
             }
             self.pos += (HEADER + len).next_multiple_of(8);
+            since += 1;
+            if since == PUBLISH_EVERY {
+                self.publish(&mut published);
+                since = 0;
+            }
         }
-        if self.pos != start {
+        self.publish(&mut published);
+        (n, self.pos != start)
+    }
+
+    /// Tell the kernel the records before `self.pos` may be reused.
+    fn publish(&self, published: &mut usize) {
+        if self.pos != *published {
             self.consumer_pos().store(self.pos, Ordering::Release);
+            *published = self.pos;
         }
-        n
     }
 }
