@@ -15,6 +15,7 @@ use memtrace_common::{Counter, MAP_COUNTERS, MAP_EVENTS};
 
 use crate::{
     decode::{self, Event},
+    fastmap::FastSet,
     ringbuf::Ring,
     stacks::Stacks,
     tracker::Tracker,
@@ -50,7 +51,7 @@ pub struct Collector {
     /// are normalized.
     normalized: HashMap<(u32, u64), usize>,
     /// Processes with allocations since the last `resolve_new_stacks`.
-    touched: HashSet<u32>,
+    touched: FastSet<u32>,
     /// Processes in which a thread other than the leader called exec since
     /// the last `take_thread_execs` (PID-scoped probes must be re-attached).
     thread_execs: Vec<u32>,
@@ -121,7 +122,7 @@ impl Collector {
             stacks: Stacks::default(),
             normalized: HashMap::new(),
             thread_execs: Vec::new(),
-            touched: HashSet::new(),
+            touched: FastSet::default(),
             clock: Clock::default(),
         })
     }

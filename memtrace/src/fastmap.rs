@@ -6,3 +6,5 @@
 //! the kernel and the allocators, and foldhash is still randomly seeded.
 
 pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+pub type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
