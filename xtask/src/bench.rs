@@ -230,6 +230,8 @@ struct Sample {
     tracer: Option<(Duration, u64)>,
     /// Another tracer had system-wide probes attached before or after.
     foreign: bool,
+    /// The round it was measured in.
+    round: usize,
 }
 
 impl Sample {
@@ -314,6 +316,7 @@ pub fn bench(ctx: &Ctx, args: &[String]) -> Result<()> {
                 match result {
                     Ok(mut s) => {
                         s.foreign = foreign;
+                        s.round = round;
                         say!(
                             "bench: {what}: {:.1} ms{}",
                             s.work_ns as f64 / 1e6,
@@ -806,6 +809,7 @@ fn run(env: &Env, wl: &Workload, cfg: Config) -> Result<Sample> {
                 lost: s("lost_events"),
                 tracer: None,
                 foreign: false,
+                round: 0,
             })
         }
         Config::ReportPid => {
@@ -835,6 +839,7 @@ fn run(env: &Env, wl: &Workload, cfg: Config) -> Result<Sample> {
                 lost: s("lost_events"),
                 tracer: Some((mexit.cpu, mexit.maxrss_bytes)),
                 foreign: false,
+                round: 0,
             })
         }
         Config::SystemWide => {
@@ -868,6 +873,7 @@ fn run(env: &Env, wl: &Workload, cfg: Config) -> Result<Sample> {
                 lost: summary.u64_at(&["lost_events"]),
                 tracer: Some((mexit.cpu, mexit.maxrss_bytes)),
                 foreign: false,
+                round: 0,
             })
         }
         Config::Bpftrace => {
@@ -901,6 +907,7 @@ fn run(env: &Env, wl: &Workload, cfg: Config) -> Result<Sample> {
                 lost: None,
                 tracer: Some((bexit.cpu, bexit.maxrss_bytes)),
                 foreign: false,
+                round: 0,
             })
         }
         Config::Heaptrack => {
@@ -1201,6 +1208,42 @@ struct Figures {
     rss: Option<f64>,
 }
 
+/// How far `cfg`'s added cost lies above `base`'s (its floor), as a
+/// fraction of the floor's: the median over the rounds that measured
+/// untraced, `base` and `cfg` of each round's own figure. Pairing within a
+/// round cancels the drift of a shared host's speed over the minutes of a
+/// bench, which medians taken per configuration keep. None with fewer than
+/// three such rounds.
+fn paired_above(
+    cells: &BTreeMap<(usize, Config), Cell>,
+    wi: usize,
+    cfg: Config,
+    base: Config,
+) -> Option<f64> {
+    let in_round = |c: Config, round: usize| {
+        cells
+            .get(&(wi, c))?
+            .used()
+            .into_iter()
+            .find(|s| s.round == round)
+            .map(|s| s.per_unit())
+    };
+    let ratios: Vec<f64> = cells
+        .get(&(wi, cfg))?
+        .used()
+        .into_iter()
+        .filter_map(|s| {
+            let u = in_round(Config::Untraced, s.round)?;
+            let f = in_round(base, s.round)?;
+            (f > u).then(|| (s.per_unit() - u) / (f - u) - 1.0)
+        })
+        .collect();
+    if ratios.len() < 3 {
+        return None;
+    }
+    median(ratios)
+}
+
 fn figures(
     cells: &BTreeMap<(usize, Config), Cell>,
     wi: usize,
@@ -1262,20 +1305,21 @@ fn figures(
                 added_ns: untraced
                     .filter(|_| traced)
                     .and_then(|u| ns_per_pair(pu - u)),
-                above_floor: match (untraced, floor, sampled_floor) {
-                    (Some(u), Some(f), _)
-                        if matches!(
-                            cfg,
-                            Config::Report | Config::ReportPid | Config::SystemWide
-                        ) && f > u =>
-                    {
-                        Some((pu - u) / (f - u) - 1.0)
-                    }
-                    // Sampled: above the traps it cannot avoid.
-                    (Some(u), _, Some(f)) if cfg == Config::Sampled && f > u => {
-                        Some((pu - u) / (f - u) - 1.0)
-                    }
-                    _ => None,
+                above_floor: {
+                    let base = match cfg {
+                        Config::Report | Config::ReportPid | Config::SystemWide => {
+                            Some((Config::Floor, floor))
+                        }
+                        // Sampled: above the traps it cannot avoid.
+                        Config::Sampled => Some((Config::SampledFloor, sampled_floor)),
+                        _ => None,
+                    };
+                    base.and_then(|(base_cfg, f)| {
+                        paired_above(cells, wi, cfg, base_cfg).or_else(|| {
+                            let (u, f) = (untraced?, f?);
+                            (f > u).then(|| (pu - u) / (f - u) - 1.0)
+                        })
+                    })
                 },
                 events_per_s: median(samples.iter().filter_map(|s| {
                     s.events
@@ -1704,9 +1748,13 @@ fn footnotes(r: &Rendering) -> String {
          untraced one. Added per pair: per-pair time minus the untraced per-pair time."
             .to_owned(),
         "Above floor: memtrace's added time beyond the floor's, as a fraction of the floor's \
-         own added time: (t − t_untraced) ÷ (t_floor − t_untraced) − 1. The floor (`--floor`) \
+         own added time: (t − t_untraced) ÷ (t_floor − t_untraced) − 1, computed within each \
+         round from that round's runs and reported as the median over rounds (pairing cancels \
+         the drift of a shared host's speed between rounds). The floor (`--floor`) \
          attaches the same probes at the same offsets with eBPF programs that return at once: \
-         the cost of the uprobe traps alone."
+         the cost of the uprobe traps alone. The sampled row is compared the same way with the \
+         sampled floor (`--floor --sample-bytes`): the entry trap and the free's, the traps an \
+         unsampled allocation cannot avoid."
             .to_owned(),
         format!(
             "events/s: allocations + frees in memtrace's report (system-wide: the workload's row \
