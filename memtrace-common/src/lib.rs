@@ -14,8 +14,39 @@ pub const MAP_EVENTS: &str = "EVENTS";
 pub const MAP_INFLIGHT: &str = "INFLIGHT";
 /// Name of the per-thread map holding the C++ `operator new` call context.
 pub const MAP_CXX_CTX: &str = "CXX_CTX";
-/// Name of the set of live sampled addresses (sampling only).
+/// Name of the set of live sampled blocks, keyed by [`SampledKey`]
+/// (sampling only).
 pub const MAP_SAMPLED: &str = "SAMPLED";
+/// Name of the counting filter in front of [`MAP_SAMPLED`]: an array of
+/// [`SAMPLED_LANE_WORDS`] words, each holding four 16-bit counts of the live
+/// sampled blocks whose address hashes to that lane ([`sampled_lane`]). A
+/// free whose lane counts 0 is not of a sampled block, without a hash
+/// lookup. Mapped writable by userspace, which takes out the blocks of
+/// processes that exited.
+pub const MAP_SAMPLED_LANES: &str = "SAMPLED_LANES";
+/// Words of [`MAP_SAMPLED_LANES`] (128 KiB: stays in cache).
+pub const SAMPLED_LANE_WORDS: u32 = 1 << 14;
+
+/// The word of [`MAP_SAMPLED_LANES`] and the shift of the 16-bit count in
+/// it that heap address `addr` belongs to.
+#[inline(always)]
+pub fn sampled_lane(addr: u64) -> (u32, u64) {
+    // Blocks are 16-byte aligned: hash the address above those bits.
+    let h = (addr >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - 16);
+    ((h >> 2) as u32, (h & 3) * 16)
+}
+
+/// Key of [`MAP_SAMPLED`]: a process and a heap address (the same address
+/// is live in a parent and its forked child, and may be reused by another
+/// process).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SampledKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub addr: u64,
+}
+const _: () = assert!(size_of::<SampledKey>() == 16);
 /// Global: mean bytes between samples (0: trace every allocation).
 pub const GLOBAL_SAMPLE_BYTES: &str = "SAMPLE_BYTES";
 /// Name of the per-thread array of allocator calls in progress (indexed by
@@ -103,7 +134,9 @@ pub struct Event {
     pub tgid: u32,
     /// Thread id.
     pub tid: u32,
-    /// `bpf_ktime_get_ns()` at the event.
+    /// `bpf_ktime_get_ns()` at the event, or 0: releases, and all but one
+    /// allocation in 8 on a CPU, are not timestamped by the kernel
+    /// (userspace places them after the timestamped record before them).
     pub ts_ns: u64,
     /// Address returned or released.
     pub addr: u64,
@@ -216,6 +249,8 @@ mod pod {
     unsafe impl aya::Pod for super::CxxCtx {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Event {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SampledKey {}
     // SAFETY: as above.
     unsafe impl<const N: usize> aya::Pod for super::Record<N> {}
 }

@@ -25,6 +25,9 @@
 //! ~220 ms of events at 1M events/s).
 #![no_std]
 #![no_main]
+// For `atomic_xadd`: core's atomics have no read-modify-write on BPF.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,
@@ -38,8 +41,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use memtrace_common::{
-    COUNTER_COUNT, Counter, CxxCtx, Event, Inflight, Record, SHORT_FRAMES, STACK_DEPTH, flags,
-    func, kind,
+    COUNTER_COUNT, Counter, CxxCtx, Event, Inflight, Record, SAMPLED_LANE_WORDS, SHORT_FRAMES,
+    STACK_DEPTH, SampledKey, flags, func, kind, sampled_lane,
 };
 
 /// Ring buffer of [`Event`]s. Size overridden by userspace at load.
@@ -60,10 +63,20 @@ static INFLIGHT: HashMap<u32, Inflight> = HashMap::with_max_entries(16384, 0);
 #[map(name = "CXX_CTX")]
 static CXX_CTX: HashMap<u32, CxxCtx> = HashMap::with_max_entries(16384, 0);
 
-/// Addresses of sampled heap blocks still live (only with sampling on):
-/// frees of other addresses emit nothing. Size overridden at load.
+/// Sampled heap blocks still live, by process and address (only with
+/// sampling on): frees of other blocks emit nothing. Size overridden at load.
 #[map(name = "SAMPLED")]
-static SAMPLED: HashMap<u64, u8> = HashMap::with_max_entries(1, 0);
+static SAMPLED: HashMap<SampledKey, u8> = HashMap::with_max_entries(1, 0);
+
+/// Counts of the live sampled blocks by hashed address, four 16-bit lanes a
+/// word (`sampled_lane`): most frees are of unsampled blocks, and a lane
+/// counting 0 says so for the price of an array load instead of a hash
+/// lookup. Userspace maps it to take out the blocks of exited processes.
+#[map(name = "SAMPLED_LANES")]
+static SAMPLED_LANES: Array<u64> = Array::with_max_entries(SAMPLED_LANE_WORDS, BPF_F_MMAPABLE);
+
+/// `BPF_F_MMAPABLE`: the array can be mapped into userspace.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 /// Bytes left until the next sample, per CPU (sampling is a Poisson process
 /// over the byte stream: any split of the stream samples alike).
@@ -156,13 +169,52 @@ fn current() -> Option<(u32, u32)> {
 fn emit(ev: &Event) {
     match EVENTS.reserve::<Event>(0) {
         Some(mut slot) => {
-            slot.write(*ev);
+            // SAFETY: the reserved record, ours until submitted.
+            put_event(unsafe { &mut *slot.as_mut_ptr() }, ev);
             // Userspace drains on a timer and never sleeps on the ring:
             // a wakeup would cost ~1 µs of irq_work for nobody.
             slot.submit(BPF_RB_NO_WAKEUP.into());
         }
         None => bump(Counter::RingFull),
     }
+}
+
+/// Store `v` at `p` as a store of its own. The compiler merges adjacent
+/// stores of zeros into a `memset`, which the in-order memory expansion of
+/// bpf-linker leaves as a call to a byte-at-a-time loop (~20 ns for 16
+/// bytes); volatile stores are never merged.
+#[inline(always)]
+fn put<T>(p: &mut T, v: T) {
+    // SAFETY: `p` is a valid, aligned, exclusive reference.
+    unsafe { core::ptr::write_volatile(p, v) }
+}
+
+/// Copy `ev` into `dst` field by field (see `put`).
+#[inline(always)]
+fn put_event(dst: &mut Event, ev: &Event) {
+    put(&mut dst.kind, ev.kind);
+    put(&mut dst.func, ev.func);
+    put(&mut dst.flags, ev.flags);
+    put(&mut dst.nframes, ev.nframes);
+    put(&mut dst.tgid, ev.tgid);
+    put(&mut dst.tid, ev.tid);
+    put(&mut dst.ts_ns, ev.ts_ns);
+    put(&mut dst.addr, ev.addr);
+    put(&mut dst.size, ev.size);
+    put(&mut dst.old_addr, ev.old_addr);
+    put(&mut dst.aux, ev.aux);
+}
+
+/// Copy `rec` into `dst` field by field (see `put`).
+#[inline(always)]
+fn put_inflight(dst: &mut Inflight, rec: &Inflight) {
+    put(&mut dst.func, rec.func);
+    put(&mut dst.skip, rec.skip);
+    put(&mut dst.tid, rec.tid);
+    put(&mut dst.sp, rec.sp);
+    put(&mut dst.size, rec.size);
+    put(&mut dst.arg0, rec.arg0);
+    put(&mut dst.arg1, rec.arg1);
 }
 
 #[inline(always)]
@@ -304,10 +356,11 @@ fn sampled(size: u64) -> bool {
 }
 
 /// Record an allocator call's entry, unless it is nested in another one.
-/// `session`: the entry half of a uprobe session, which may decline the
-/// return probe. Returns whether the return probe is wanted.
+/// `session_ip`: the probe's address when this is the entry half of a uprobe
+/// session (which may decline the return probe), else 0. Returns whether
+/// the return probe is wanted.
 #[inline(always)]
-fn enter(ctx: &ProbeContext, call: Call, session: bool) -> bool {
+fn enter(ctx: &ProbeContext, call: Call, session_ip: u64) -> bool {
     let Some((_tgid, tid)) = current() else {
         return false;
     };
@@ -334,11 +387,10 @@ fn enter(ctx: &ProbeContext, call: Call, session: bool) -> bool {
     if is_heap && !sampled(size) {
         rec.skip = skip::RETURNS;
         // realloc's return is always needed: its old block may be sampled.
-        if session && f != func::REALLOC {
+        if session_ip != 0 && f != func::REALLOC {
             rec.skip = skip::GONE;
-            // What `code_range` needs, computed only if ever needed.
-            // SAFETY: helper reading the address of the probe that fired.
-            rec.arg0 = unsafe { aya_ebpf::helpers::generated::bpf_get_func_ip(ctx.regs.cast()) };
+            // What `code_range` needs.
+            rec.arg0 = session_ip;
             rec.arg1 = cookie;
         }
     }
@@ -349,7 +401,7 @@ fn enter(ctx: &ProbeContext, call: Call, session: bool) -> bool {
         }
         // Free, or a record of a call that is over (its return was never
         // seen, or it had none).
-        *s = rec;
+        put_inflight(s, &rec);
         return want;
     }
     // A thread id past the array: the hash map.
@@ -395,7 +447,7 @@ pub fn alloc_enter(ctx: ProbeContext) -> u32 {
     if global_u32(&FLOOR_ONLY) != 0 {
         return 0;
     }
-    let _ = entry(&ctx, false);
+    let _ = entry(&ctx, 0);
     0
 }
 
@@ -425,12 +477,12 @@ fn session(ctx: ProbeContext) -> u32 {
         return_probe(&RetProbeContext::new(ctx.regs.cast()));
         return 0;
     }
-    u32::from(!entry(&ctx, true))
+    u32::from(!entry(&ctx, ip))
 }
 
 /// Dispatch an entry probe; whether its return probe is wanted.
 #[inline(always)]
-fn entry(ctx: &ProbeContext, session: bool) -> bool {
+fn entry(ctx: &ProbeContext, session_ip: u64) -> bool {
     // SAFETY: helper reading the cookie of the link that fired.
     let cookie = unsafe { bpf_get_attach_cookie(ctx.regs.cast()) };
     let f = cookie as u16;
@@ -443,18 +495,18 @@ fn entry(ctx: &ProbeContext, session: bool) -> bool {
         cookie,
     };
     match f {
-        func::MALLOC | func::VALLOC | func::PVALLOC => enter(ctx, call(a0, 0, 0), session),
+        func::MALLOC | func::VALLOC | func::PVALLOC => enter(ctx, call(a0, 0, 0), session_ip),
         // BPF has no 128-bit multiply for an overflow check, and needs none:
         // an overflowing calloc fails, and failed calls emit nothing.
-        func::CALLOC => enter(ctx, call(a0.wrapping_mul(a1), 0, 0), session),
-        func::REALLOC => enter(ctx, call(a1, a0, 0), session),
-        func::POSIX_MEMALIGN => enter(ctx, call(a2, a0, 0), session),
+        func::CALLOC => enter(ctx, call(a0.wrapping_mul(a1), 0, 0), session_ip),
+        func::REALLOC => enter(ctx, call(a1, a0, 0), session_ip),
+        func::POSIX_MEMALIGN => enter(ctx, call(a2, a0, 0), session_ip),
         // memalign(align, size) and aligned_alloc(align, size).
-        func::MEMALIGN | func::ALIGNED_ALLOC => enter(ctx, call(a1, 0, 0), session),
+        func::MEMALIGN | func::ALIGNED_ALLOC => enter(ctx, call(a1, 0, 0), session_ip),
         // mmap(addr, len, prot, flags, ...): keep the flags.
-        func::MMAP => enter(ctx, call(a1, arg(ctx, 3), 0), session),
+        func::MMAP => enter(ctx, call(a1, arg(ctx, 3), 0), session_ip),
         // mremap(old, old_len, new_len, ...).
-        func::MREMAP => enter(ctx, call(a2, a0, a1), session),
+        func::MREMAP => enter(ctx, call(a2, a0, a1), session_ip),
         func::FREE => release(ctx, kind::FREE, f, (cookie >> 16) & 0xff),
         func::MUNMAP => release(ctx, kind::MUNMAP, f, (cookie >> 16) & 0xff),
         func::CXX_NEW => cxx_new(ctx, (cookie >> 16) & 0xff),
@@ -462,7 +514,7 @@ fn entry(ctx: &ProbeContext, session: bool) -> bool {
     }
 }
 
-/// An event for this thread, without stack.
+/// An event for this thread, without stack and timestamp.
 #[inline(always)]
 fn event(k: u16, f: u16, tgid: u32, tid: u32) -> Event {
     Event {
@@ -470,10 +522,14 @@ fn event(k: u16, f: u16, tgid: u32, tid: u32) -> Event {
         func: f,
         tgid,
         tid,
-        // SAFETY: helper without preconditions.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
         ..Event::default()
     }
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_ktime_get_ns() }
 }
 
 /// Entry-only probe on a release function: free(p) and munmap(p, len).
@@ -484,10 +540,9 @@ fn release(ctx: &ProbeContext, k: u16, f: u16, delta: u64) -> bool {
         return false;
     }
     // With sampling, only frees of sampled blocks matter: most frees end
-    // here, at the cost of one lookup.
+    // here, at the cost of one array load.
     let sampling = k == kind::FREE && global_u64(&SAMPLE_BYTES) != 0;
-    // SAFETY: only presence is read.
-    if sampling && unsafe { SAMPLED.get(addr) }.is_none() {
+    if sampling && !maybe_sampled(addr) {
         return false;
     }
     let Some((tgid, tid)) = current() else {
@@ -496,7 +551,7 @@ fn release(ctx: &ProbeContext, k: u16, f: u16, delta: u64) -> bool {
     if nested(tid, regs_sp(ctx.regs), f, delta) {
         return false;
     }
-    if sampling && SAMPLED.remove(addr).is_err() {
+    if sampling && !unsample(tgid, addr) {
         return false;
     }
     // No timestamp: it costs ~60 ns here, and userspace places a release
@@ -574,6 +629,13 @@ pub struct WalkBuf {
     /// Bumped by every walk on this CPU: a walk that finds it changed at
     /// its end was preempted and its buffer reused, and is not trusted.
     generation: u64,
+    /// How many bytes from its first frame pointer the first read of a walk
+    /// takes: what recent walks on this CPU needed, plus a margin (copying
+    /// costs ~1.5 ns per 100 bytes, a second read ~150 ns).
+    first_read: u64,
+    /// Allocations on this CPU to emit without a timestamp before the next
+    /// one with.
+    unstamped: u64,
     words: [u64; CHUNK_WORDS],
     /// The walk's result, copied into a ring record of the right size.
     frames: [u64; STACK_DEPTH],
@@ -582,17 +644,23 @@ pub struct WalkBuf {
 /// Walk the frame-pointer chain from `fp` into `frames[1..]`: each frame
 /// holds the caller's frame pointer and a return address, and lies above
 /// the one before it (anything else ends the walk: code without frame
-/// pointers leaves garbage there). User memory is read a page at a time
-/// (each `bpf_probe_read_user` costs ~150 ns here, whatever its size up to
-/// a page), so frames close together cost one read. Returns how many frames
-/// are valid, and whether the walk stopped for want of room.
+/// pointers leaves garbage there). User memory is read in chunks of up to a
+/// page (each `bpf_probe_read_user` costs ~150 ns here, plus ~1.5 ns per
+/// 100 bytes copied), so frames close together cost one read. Returns how many frames
+/// are valid, and whether the walk stopped for want of room. The first read
+/// takes `first_read` bytes (never past the page), later ones the rest of
+/// their page; `need` is set to how far from the first frame pointer the
+/// walk read frames.
 #[inline(always)]
 fn walk_in(
     frames: &mut [u64; STACK_DEPTH],
     mut fp: u64,
     mut lo: u64,
     words: &mut [u64; CHUNK_WORDS],
+    first_read: u64,
+    need: &mut u64,
 ) -> (usize, bool) {
+    let start = fp;
     // The chunk read last: words [0, len) hold user memory from `base`.
     let mut base = 0u64;
     let mut len = 0u64;
@@ -603,7 +671,11 @@ fn walk_in(
         }
         let mut i = (fp.wrapping_sub(base)) / 8;
         if fp < base || i + 2 > len {
-            let bytes = (CHUNK as u64 - (fp & (CHUNK as u64 - 1))).max(16);
+            let mut bytes = CHUNK as u64 - (fp & (CHUNK as u64 - 1));
+            if len == 0 {
+                bytes = bytes.min(first_read);
+            }
+            let bytes = bytes.clamp(16, CHUNK as u64);
             // SAFETY: writes at most `bytes` <= CHUNK bytes into `words`;
             // reads user memory, a fault returns an error.
             let r = unsafe {
@@ -629,6 +701,7 @@ fn walk_in(
         frames[n] = ret;
         n += 1;
         lo = fp + 16;
+        *need = lo - start;
         fp = next;
     }
     (n, fp >= lo && fp & 7 == 0)
@@ -643,16 +716,27 @@ fn finish(ctx: &RetProbeContext, mut ev: Event, tid: u32, sp: u64) {
         // No scratch page (cannot happen with a per-CPU array of one
         // entry): the allocation still counts, without its stack.
         bump(Counter::StackTruncated);
+        ev.ts_ns = now();
         emit(&ev);
         return;
     };
     // SAFETY: this CPU's scratch value; another walk only reuses it if this
     // program is preempted, which the generation check detects.
     let w = unsafe { &mut *w };
+    // One allocation in STAMP_EVERY on a CPU carries the clock (~60 ns a
+    // read here); userspace places the others as it places frees.
+    if w.unstamped == 0 {
+        ev.ts_ns = now();
+        w.unstamped = STAMP_EVERY - 1;
+    } else {
+        w.unstamped -= 1;
+    }
     w.generation = w.generation.wrapping_add(1);
     let generation = w.generation;
     w.frames[0] = first;
-    let (n, truncated) = walk_in(&mut w.frames, fp, lo, &mut w.words);
+    let mut need = 0;
+    let (n, truncated) = walk_in(&mut w.frames, fp, lo, &mut w.words, w.first_read, &mut need);
+    w.first_read = next_first_read(w.first_read, need);
     ev.nframes = n as u16;
     if truncated {
         ev.flags |= flags::TRUNCATED;
@@ -664,6 +748,26 @@ fn finish(ctx: &RetProbeContext, mut ev: Event, tid: u32, sp: u64) {
         emit_record::<STACK_DEPTH>(ev, w, generation, first);
     }
 }
+
+/// The first read of the next walk on this CPU, after one that needed
+/// `need` bytes: at once as much as that and a margin, and shrinking back
+/// slowly, so that walks of different depths alternating on a CPU mostly
+/// cost one read.
+#[inline(always)]
+fn next_first_read(current: u64, need: u64) -> u64 {
+    let want = need + FIRST_READ_MARGIN;
+    if want >= current {
+        want
+    } else {
+        current - (current - want) / 16
+    }
+}
+
+/// One allocation in this many (per CPU) carries a timestamp.
+const STAMP_EVERY: u64 = 8;
+
+/// Bytes read beyond what the last walk needed.
+const FIRST_READ_MARGIN: u64 = 256;
 
 #[inline(always)]
 fn emit_record<const N: usize>(mut ev: Event, w: &WalkBuf, generation: u64, first: u64) {
@@ -688,7 +792,7 @@ fn emit_record<const N: usize>(mut ev: Event, w: &WalkBuf, generation: u64, firs
         ev.flags |= flags::TRUNCATED;
         bump(Counter::StackTruncated);
     }
-    r.event = ev;
+    put_event(&mut r.event, &ev);
     slot.submit(BPF_RB_NO_WAKEUP.into());
 }
 
@@ -807,22 +911,80 @@ fn return_probe(ctx: &RetProbeContext) -> u32 {
         }
     }
     if sampling && ev.kind == kind::ALLOC {
-        remember_sampled(ctx, ev.addr);
+        remember_sampled(ctx, tgid, ev.addr);
     }
     finish(ctx, ev, tid, sp);
     0
 }
 
 #[inline(always)]
-fn remember_sampled(ctx: &RetProbeContext, addr: u64) {
-    if SAMPLED.insert(addr, 1u8, 0).is_err() {
-        bump(Counter::SampledFull);
-        warn!(
-            ctx,
-            "memtrace: sampled-address map full: a free will be missed"
-        );
+fn remember_sampled(ctx: &RetProbeContext, tgid: u32, addr: u64) {
+    let key = SampledKey {
+        tgid,
+        _pad: 0,
+        addr,
+    };
+    match SAMPLED.insert(key, 1u8, BPF_NOEXIST) {
+        Ok(()) => count_lane(addr, 1),
+        // Already there (its free was missed): counted once, as it should.
+        Err(e) if i64::from(e) == -EEXIST => {}
+        Err(_) => {
+            bump(Counter::SampledFull);
+            warn!(
+                ctx,
+                "memtrace: sampled-address map full: a free will be missed"
+            );
+        }
     }
 }
+
+/// Forget the sampled block of `tgid` at `addr`; whether there was one.
+#[inline(always)]
+fn unsample(tgid: u32, addr: u64) -> bool {
+    let key = SampledKey {
+        tgid,
+        _pad: 0,
+        addr,
+    };
+    if SAMPLED.remove(key).is_err() {
+        return false;
+    }
+    count_lane(addr, u64::MAX);
+    true
+}
+
+/// Whether `addr` may be a live sampled block (its lane counts any).
+#[inline(always)]
+fn maybe_sampled(addr: u64) -> bool {
+    let (word, shift) = sampled_lane(addr);
+    SAMPLED_LANES
+        .get(word)
+        .is_none_or(|w| (*w >> shift) & 0xffff != 0)
+}
+
+/// Add `delta` (1, or u64::MAX for -1) to the lane of `addr`. The word is
+/// the exact sum of its lanes' counts shifted into place, and a count only
+/// drops for a block it counted, so no lane ever under- or overflows.
+#[inline(always)]
+fn count_lane(addr: u64, delta: u64) {
+    let (word, shift) = sampled_lane(addr);
+    if let Some(p) = SAMPLED_LANES.get_ptr_mut(word) {
+        // SAFETY: `p` points at the array's value, valid and aligned for
+        // the program's run; the add is atomic against other CPUs and
+        // userspace (BPF has no `AtomicU64::fetch_add`: the intrinsic is
+        // what it would call, and compiles to BPF's atomic add).
+        unsafe {
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                p,
+                delta << shift,
+            )
+        };
+    }
+}
+
+/// `BPF_NOEXIST` and the error of an insert that finds its key.
+const BPF_NOEXIST: u64 = 1;
+const EEXIST: i64 = 17;
 
 /// realloc with sampling: the old block matters if it was sampled, the new
 /// one if this call was.
@@ -838,7 +1000,7 @@ fn sampled_realloc(
 ) -> u32 {
     let old = rec.arg0;
     let freed = ret != 0 || rec.size == 0;
-    let old_sampled = old != 0 && freed && SAMPLED.remove(old).is_ok();
+    let old_sampled = old != 0 && freed && unsample(tgid, old);
     let mut ev = event(kind::ALLOC, func::REALLOC, tgid, tid);
     ev.size = rec.size;
     if ret != 0 && keep_new {
@@ -847,7 +1009,7 @@ fn sampled_realloc(
             ev.kind = kind::REALLOC;
             ev.old_addr = old;
         }
-        remember_sampled(ctx, ret);
+        remember_sampled(ctx, tgid, ret);
         finish(ctx, ev, tid, sp);
     } else if old_sampled {
         ev.kind = kind::FREE;
@@ -889,6 +1051,8 @@ pub fn loader_stop(_ctx: ProbeContext) -> u32 {
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
 pub fn sched_exec(ctx: RawTracePointContext) -> u32 {
     let old_tid: u64 = ctx.arg(1);
+    // What the thread recorded belongs to the old image.
+    forget_thread(bpf_get_current_pid_tgid() as u32);
     process_event(kind::EXEC, false, old_tid & 0xffff_ffff)
 }
 
@@ -896,6 +1060,7 @@ pub fn sched_exec(ctx: RawTracePointContext) -> u32 {
 /// was the process's last.
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn sched_exit(ctx: RawTracePointContext) -> u32 {
+    forget_thread(bpf_get_current_pid_tgid() as u32);
     let group_dead: u64 = ctx.arg(1);
     if group_dead & 0xff == 0 {
         return 0;
@@ -907,7 +1072,27 @@ pub fn sched_exit(ctx: RawTracePointContext) -> u32 {
 /// leader's exit stands for the process's.
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn sched_exit_leader(_ctx: RawTracePointContext) -> u32 {
+    forget_thread(bpf_get_current_pid_tgid() as u32);
     process_event(kind::EXIT, true, 0)
+}
+
+/// Drop the call state of thread `tid`, which exited or exec'd. A thread
+/// can die inside an allocator call (another thread called exit, a kill):
+/// the record would otherwise outlive it, and a later thread given the same
+/// id would have its calls taken for calls nested in it, and dropped.
+#[inline(always)]
+fn forget_thread(tid: u32) {
+    if let Some(s) = slot(tid) {
+        put(&mut s.sp, 0);
+    }
+    // SAFETY: racy reads of flags only ever set to 1.
+    if unsafe { core::ptr::read_volatile(&raw const HASH_USED) } != 0 {
+        hash_remove(tid);
+    }
+    // SAFETY: as above.
+    if unsafe { core::ptr::read_volatile(&raw const CXX_SEEN) } != 0 {
+        let _ = CXX_CTX.remove(tid);
+    }
 }
 
 #[inline(always)]
@@ -922,6 +1107,7 @@ fn process_event(k: u16, leader_only: bool, aux: u64) -> u32 {
         return 0;
     }
     let mut ev = event(k, func::NONE, tgid, tid);
+    ev.ts_ns = now();
     ev.addr = aux;
     // The command name, so processes that exit before userspace reads
     // /proc still have one: 16 bytes in `old_addr` and `aux`.

@@ -17,6 +17,7 @@ use crate::{
     decode::{self, Event},
     fastmap::FastSet,
     ringbuf::Ring,
+    sampled::SampledSet,
     stacks::Stacks,
     tracker::Tracker,
 };
@@ -55,8 +56,11 @@ pub struct Collector {
     /// Processes in which a thread other than the leader called exec since
     /// the last `take_thread_execs` (PID-scoped probes must be re-attached).
     thread_execs: Vec<u32>,
-    /// The clock for records the kernel does not timestamp (releases).
+    /// The clock for records the kernel does not timestamp (releases, and
+    /// most allocations).
     clock: Clock,
+    /// Sampling: the kernel's set of live sampled blocks.
+    sampled: Option<SampledSet>,
 }
 
 /// When an untimestamped record happened: after the last timestamped record
@@ -114,7 +118,13 @@ fn ring(ebpf: &mut Ebpf) -> Result<(Ring, MapData)> {
 impl Collector {
     pub fn new(ebpf: &mut Ebpf, tracker: Tracker) -> Result<Self> {
         let (ring, ring_map) = ring(ebpf)?;
+        let sampled = if tracker.sample_bytes() != 0 {
+            Some(SampledSet::new(ebpf)?)
+        } else {
+            None
+        };
         Ok(Self {
+            sampled,
             ring,
             _ring_map: ring_map,
             counters: take(ebpf, MAP_COUNTERS)?,
@@ -136,10 +146,11 @@ impl Collector {
             touched,
             thread_execs,
             clock,
+            sampled,
             ..
         } = self;
         clock.start_drain(crate::system::monotonic_ns());
-        ring.drain(|item| match decode::decode(item) {
+        let n = ring.drain(|item| match decode::decode(item) {
             Ok(d) => {
                 let mut ev = d.event;
                 clock.stamp(&mut ev.meta_mut().ts_ns);
@@ -158,7 +169,13 @@ impl Collector {
                 tracker.on_event(&ev);
             }
             Err(_) => tracker.on_decode_error(),
-        })
+        });
+        if let Some(set) = sampled {
+            for (pid, addr) in tracker.take_dead_sampled() {
+                set.forget(pid, addr);
+            }
+        }
+        n
     }
 
     /// Read the frames of stacks first seen since the last call and

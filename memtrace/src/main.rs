@@ -17,6 +17,7 @@ mod probes;
 mod procmaps;
 mod report;
 mod ringbuf;
+mod sampled;
 mod stacks;
 mod symbolize;
 mod system;

@@ -153,6 +153,11 @@ impl Heap {
         }
     }
 
+    /// The addresses of the blocks.
+    pub fn addrs(&self) -> impl Iterator<Item = u64> + '_ {
+        self.blocks.iter().flat_map(|m| m.keys().copied())
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = Entry> + '_ {
         self.blocks
             .iter()

@@ -68,6 +68,13 @@ pub struct Tracker {
     held: usize,
     /// Mean bytes between samples (0: every allocation is traced).
     sample_bytes: u64,
+    /// Sampling: heap blocks of images that exec replaced, by process, kept
+    /// until the process exits (the kernel's sampled set still holds them,
+    /// and may see the new image reuse their addresses meanwhile).
+    replaced: FastMap<u32, Vec<u64>>,
+    /// Sampling: (process, address) of the heap blocks of processes that
+    /// exited, for the kernel's sampled set to forget (`take_dead_sampled`).
+    dead_sampled: Vec<(u32, u64)>,
 }
 
 impl Tracker {
@@ -91,6 +98,10 @@ impl Tracker {
     /// the inverse of its probability of being sampled.
     pub fn set_sample_bytes(&mut self, n: u64) {
         self.sample_bytes = n;
+    }
+
+    pub fn sample_bytes(&self) -> u64 {
+        self.sample_bytes
     }
 
     /// Outstanding entries held over all processes.
@@ -226,7 +237,13 @@ impl Tracker {
     /// The process replaced its image: start it afresh. (`on_event`
     /// accounts the entries dropped.)
     fn on_exec(&mut self, pid: u32, ts: u64) {
-        let generation = self.live.remove(&pid).map_or(0, |p| p.generation + 1);
+        let old = self.live.remove(&pid);
+        if self.sample_bytes != 0
+            && let Some(p) = &old
+        {
+            self.replaced.entry(pid).or_default().extend(p.heap.addrs());
+        }
+        let generation = old.map_or(0, |p| p.generation + 1);
         let mut fresh = Process::new(pid, ts);
         fresh.generation = generation;
         fresh.sample_bytes = self.sample_bytes;
@@ -235,10 +252,22 @@ impl Tracker {
 
     /// The process exited: freeze its final state.
     pub fn on_exit(&mut self, pid: u32, ts: u64) {
+        if self.sample_bytes != 0 {
+            let replaced = self.replaced.remove(&pid).unwrap_or_default();
+            let current = self.live.get(&pid).into_iter().flat_map(|p| p.heap.addrs());
+            self.dead_sampled
+                .extend(replaced.into_iter().chain(current).map(|a| (pid, a)));
+        }
         if let Some(mut p) = self.live.remove(&pid) {
             p.exited_ns = Some(ts);
             self.exited.push(p);
         }
+    }
+
+    /// Sampling: the (process, address) of the sampled heap blocks of
+    /// processes that exited since the last call.
+    pub fn take_dead_sampled(&mut self) -> Vec<(u32, u64)> {
+        std::mem::take(&mut self.dead_sampled)
     }
 
     pub fn live(&self) -> impl Iterator<Item = &Process> {

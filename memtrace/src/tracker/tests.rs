@@ -137,6 +137,38 @@ fn exec_starts_afresh_and_exit_freezes() {
     assert_eq!(held(p, S1, Kind::Heap), (0, 0));
 }
 
+/// Sampling: at exit, the blocks the process still held, in this image and
+/// in those exec replaced, are handed over for the kernel's sampled set to
+/// forget; without sampling, nothing is.
+#[test]
+fn exit_hands_over_sampled_blocks() {
+    let script = |sample: u64| {
+        let mut t = Tracker::new();
+        t.set_sample_bytes(sample);
+        for e in [alloc(0x10, 8, S1), alloc(0x30, 8, S1), free(0x30)] {
+            t.on_event(&e);
+        }
+        t.on_event(&Event::Exec {
+            meta: meta(5),
+            old_tid: P,
+            comm: Default::default(),
+        });
+        t.on_event(&alloc(0x20, 3, S2));
+        // Not handed over before the exit: the new image may still reuse
+        // the old one's addresses.
+        assert!(t.take_dead_sampled().is_empty());
+        t.on_event(&Event::Exit {
+            meta: meta(9),
+            comm: Default::default(),
+        });
+        let mut dead = t.take_dead_sampled();
+        dead.sort_unstable();
+        (dead, t.take_dead_sampled())
+    };
+    assert_eq!(script(512 << 10), (vec![(P, 0x10), (P, 0x20)], Vec::new()));
+    assert_eq!(script(0), (Vec::new(), Vec::new()));
+}
+
 #[test]
 fn filter_ignores_other_processes() {
     let mut t = Tracker::with_filter(vec![7]);
