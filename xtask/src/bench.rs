@@ -84,7 +84,7 @@ impl Options {
             rounds = Some(n);
         }
         Ok(Self {
-            rounds: rounds.unwrap_or(if quick { 1 } else { 5 }),
+            rounds: rounds.unwrap_or(if quick { 1 } else { 7 }),
             quick,
         })
     }
