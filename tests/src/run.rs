@@ -254,3 +254,78 @@ impl Drop for ChildGuard {
         }
     }
 }
+
+/// `memtrace --headless` (the dashboard's data path without a terminal),
+/// started and waited for until attached: workloads started after `start`
+/// returns are traced from their first allocation.
+pub struct Headless {
+    child: ChildGuard,
+    stderr: BufReader<std::process::ChildStderr>,
+    early: String,
+}
+
+impl Headless {
+    /// Start `memtrace --headless DURATION ARGS...` and wait for its
+    /// "attached in" line.
+    pub fn start(duration: &str, args: &[&str]) -> Self {
+        let mut c = memtrace_cmd(&crate::bin());
+        c.args(["--headless", duration])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = ChildGuard(c.spawn().expect("start memtrace --headless"));
+        let mut stderr = BufReader::new(child.0.stderr.take().expect("stderr"));
+        let mut early = String::new();
+        loop {
+            let mut line = String::new();
+            let n = stderr.read_line(&mut line).expect("read memtrace's stderr");
+            assert!(n > 0, "memtrace ended before attaching:\n{early}");
+            early.push_str(&line);
+            if line.contains("attached in") {
+                return Self {
+                    child,
+                    stderr,
+                    early,
+                };
+            }
+        }
+    }
+
+    /// Wait for the end of the run and return its JSON summary, checking
+    /// that memtrace succeeded without panic text.
+    pub fn summary(mut self) -> serde_json::Value {
+        let mut out = String::new();
+        self.child
+            .0
+            .stdout
+            .take()
+            .expect("stdout")
+            .read_to_string(&mut out)
+            .expect("read memtrace's summary");
+        let mut rest = String::new();
+        self.stderr
+            .read_to_string(&mut rest)
+            .expect("read memtrace's stderr");
+        let status = self
+            .child
+            .wait_timeout(Duration::from_secs(60))
+            .expect("memtrace ended");
+        let stderr = self.early + &rest;
+        assert_no_panic(&stderr);
+        assert!(status.success(), "memtrace failed:\n{out}\n{stderr}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("summary is not JSON ({e}):\n{out}"))
+    }
+}
+
+/// The rows of a `--headless` summary for process `pid`.
+pub fn summary_rows(summary: &serde_json::Value, pid: u32) -> Vec<serde_json::Value> {
+    summary["top"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .filter(|r| r["pid"].as_u64() == Some(u64::from(pid)))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -7,14 +7,12 @@
 
 use std::{
     fs,
-    io::{BufRead as _, BufReader, Read as _},
+    io::{BufRead as _, BufReader},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use memtrace_tests::{
-    ChildGuard, assert_no_panic, bin, memtrace_cmd, require_ebpf, serial, workload,
-};
+use memtrace_tests::{ChildGuard, Headless, require_ebpf, serial, summary_rows, workload};
 
 /// The first field of /proc/PID/task/PID/syscall: the system call the
 /// thread is blocked in.
@@ -30,22 +28,7 @@ fn thread_dead_inside_malloc_leaves_no_state() {
     }
     let _g = serial();
     let prog = workload("tid_reuse");
-    let mut c = memtrace_cmd(&bin());
-    c.args(["--headless", "6s", "-d", "250ms"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut mt = ChildGuard(c.spawn().expect("start memtrace"));
-    let mut err = BufReader::new(mt.0.stderr.take().expect("stderr"));
-    let mut early = String::new();
-    loop {
-        let mut line = String::new();
-        let n = err.read_line(&mut line).expect("read memtrace's stderr");
-        assert!(n > 0, "memtrace ended before attaching:\n{early}");
-        early.push_str(&line);
-        if line.contains("attached in") {
-            break;
-        }
-    }
+    let mt = Headless::start("6s", &["-d", "250ms"]);
 
     // The victim: its stderr is a pipe this test never reads.
     let mut victim = ChildGuard(
@@ -104,32 +87,9 @@ fn thread_dead_inside_malloc_leaves_no_state() {
         .expect("read the leaker's ready line");
     assert_eq!(ready, "ready\n", "the leaker failed before its leaks");
 
-    let mut out = String::new();
-    mt.0.stdout
-        .take()
-        .expect("stdout")
-        .read_to_string(&mut out)
-        .expect("read memtrace's summary");
-    let mut rest = String::new();
-    err.read_to_string(&mut rest)
-        .expect("read memtrace's stderr");
-    let status = mt
-        .wait_timeout(Duration::from_secs(60))
-        .expect("memtrace ended");
+    let summary = mt.summary();
     drop(leaker);
-    let stderr = early + &rest;
-    assert_no_panic(&stderr);
-    assert!(status.success(), "memtrace failed:\n{out}\n{stderr}");
-    let v: serde_json::Value =
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("summary is not JSON ({e}):\n{out}"));
-    let rows: Vec<&serde_json::Value> = v["top"]
-        .as_array()
-        .map(|r| {
-            r.iter()
-                .filter(|r| r["pid"].as_u64() == Some(u64::from(pid)))
-                .collect()
-        })
-        .unwrap_or_default();
+    let rows = summary_rows(&summary, pid);
     assert!(
         rows.iter().any(|r| {
             r["exited"].as_bool() == Some(false)
