@@ -451,6 +451,20 @@ pub fn alloc_enter(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// The entry program of free and the other release functions of the heap
+/// (operator delete of the allocators that have their own): what
+/// `alloc_enter` does for them, without reading the attach cookie (a free
+/// is never nested by the rule that needs the probe's stack offset) or
+/// dispatching on it. Frees are half of all allocator calls.
+#[uprobe]
+pub fn free_enter(ctx: ProbeContext) -> u32 {
+    if global_u32(&FLOOR_ONLY) != 0 {
+        return 0;
+    }
+    let _ = release(&ctx, kind::FREE, func::FREE, 0);
+    0
+}
+
 /// Entry and return of the allocator functions that have a return probe,
 /// as one uprobe session (kernels 6.13+; used when sampling): the entry
 /// half declines the return probe for unsampled calls, which then cost no

@@ -133,9 +133,16 @@ fn memtrace_programs() -> Vec<(u32, String)> {
     loaded_bpf_programs()
         .into_iter()
         .filter(|(_, n)| {
-            ["alloc_enter", "alloc_ret", "sched_exec", "sched_exit"]
-                .iter()
-                .any(|p| n.starts_with(p))
+            [
+                "alloc_enter",
+                "free_enter",
+                "alloc_ret",
+                "alloc_session",
+                "sched_exec",
+                "sched_exit",
+            ]
+            .iter()
+            .any(|p| n.starts_with(p))
         })
         .collect()
 }

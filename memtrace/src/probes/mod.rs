@@ -84,6 +84,7 @@ pub const CXX: &[ProbeSpec] = &[
 ];
 
 const ENTRY_PROGRAM: &str = "alloc_enter";
+const FREE_PROGRAM: &str = "free_enter";
 const RET_PROGRAM: &str = "alloc_ret";
 const SESSION_PROGRAM: &str = "alloc_session";
 const LOADER_PROGRAM: &str = "loader_stop";
@@ -235,6 +236,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
             EBPF_OBJECT,
             &[
                 (ENTRY_PROGRAM, multi::BPF_TRACE_UPROBE_MULTI),
+                (FREE_PROGRAM, multi::BPF_TRACE_UPROBE_MULTI),
                 (RET_PROGRAM, multi::BPF_TRACE_UPROBE_MULTI),
                 (LOADER_PROGRAM, multi::BPF_TRACE_UPROBE_MULTI),
             ],
@@ -253,13 +255,15 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         _ => None,
     };
     let uprobes = match multi {
-        Ok(mut fds) if fds.len() == 3 => {
+        Ok(mut fds) if fds.len() == 4 => {
             let loader = fds.pop();
             let ret = fds.pop();
+            let free = fds.pop();
             let entry = fds.pop();
-            match (entry, ret, loader) {
-                (Some(entry), Some(ret), Some(loader)) => UProbes::Multi {
+            match (entry, free, ret, loader) {
+                (Some(entry), Some(free), Some(ret), Some(loader)) => UProbes::Multi {
                     entry,
+                    free,
                     ret,
                     loader,
                     session,
@@ -330,6 +334,8 @@ pub enum UProbes {
     /// loader hook).
     Multi {
         entry: OwnedFd,
+        /// The entry program of the heap's release functions.
+        free: OwnedFd,
         ret: OwnedFd,
         loader: OwnedFd,
         /// Entry and return in one session, when sampling on a kernel that
@@ -416,6 +422,7 @@ pub fn attach(
     match &loaded.uprobes {
         UProbes::Multi {
             entry,
+            free,
             ret,
             session,
             ..
@@ -435,16 +442,18 @@ pub fn attach(
                 links.multi.push(link);
                 Ok(())
             };
+            let (frees, others): (Vec<&Planned>, Vec<&Planned>) =
+                planned.iter().partition(|p| p.func == func::FREE && !p.ret);
             let (rets, entries): (Vec<&Planned>, Vec<&Planned>) =
-                planned.iter().partition(|p| p.ret);
+                others.iter().partition(|p| p.ret);
+            link(free, &frees, multi::Mode::Entry, "allocator frees")?;
             match session {
                 Some(session) => {
                     link(entry, &entries, multi::Mode::Entry, "allocator entries")?;
                     link(session, &rets, multi::Mode::Session, "allocator calls")?;
                 }
                 None => {
-                    let all: Vec<&Planned> = planned.iter().collect();
-                    link(entry, &all, multi::Mode::Entry, "allocator entries")?;
+                    link(entry, &others, multi::Mode::Entry, "allocator entries")?;
                     link(ret, &rets, multi::Mode::Return, "allocator returns")?;
                 }
             }
