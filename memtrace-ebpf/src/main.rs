@@ -439,7 +439,8 @@ fn arg(ctx: &ProbeContext, n: usize) -> u64 {
     ctx.arg::<u64>(n).unwrap_or(0)
 }
 
-/// The one entry program of every allocator function. The attach cookie
+/// The entry program of every allocator function (but the heap's release
+/// functions when `free_enter` is attached to them). The attach cookie
 /// says which function fired (`func::*`, low 16 bits) and, for entry-only
 /// probes planted after a `sub $n, %rsp`, that `n` (bits 16..24).
 #[uprobe]
