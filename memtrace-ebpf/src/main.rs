@@ -665,7 +665,7 @@ pub struct WalkBuf {
 /// are valid, and whether the walk stopped for want of room. The first read
 /// takes `first_read` bytes (never past the page), later ones the rest of
 /// their page; `need` is set to how far from the first frame pointer the
-/// walk read frames.
+/// walk used the words it read (the frame that ended it included).
 #[inline(always)]
 fn walk_in(
     frames: &mut [u64; STACK_DEPTH],
@@ -710,13 +710,14 @@ fn walk_in(
         let (Some(&next), Some(&ret)) = (words.get(i as usize), words.get(i as usize + 1)) else {
             return (n, false);
         };
+        // This frame's words were needed even if they end the walk.
+        lo = fp + 16;
+        *need = lo - start;
         if ret == 0 {
             return (n, false);
         }
         frames[n] = ret;
         n += 1;
-        lo = fp + 16;
-        *need = lo - start;
         fp = next;
     }
     (n, fp >= lo && fp & 7 == 0)
