@@ -439,8 +439,9 @@ fn arg(ctx: &ProbeContext, n: usize) -> u64 {
     ctx.arg::<u64>(n).unwrap_or(0)
 }
 
-/// The entry program of every allocator function (but the heap's release
-/// functions when `free_enter` is attached to them). The attach cookie
+/// The entry program of every allocator function (but malloc and the
+/// heap's release functions when `malloc_enter` and `free_enter` are
+/// attached to them). The attach cookie
 /// says which function fired (`func::*`, low 16 bits) and, for entry-only
 /// probes planted after a `sub $n, %rsp`, that `n` (bits 16..24).
 #[uprobe]
@@ -449,6 +450,26 @@ pub fn alloc_enter(ctx: ProbeContext) -> u32 {
         return 0;
     }
     let _ = entry(&ctx, 0);
+    0
+}
+
+/// The entry program of malloc: what `alloc_enter` does for it, without
+/// reading the attach cookie or dispatching on it (a probe with a return
+/// probe sits at the function's entry, so there is no stack offset to
+/// read). Mallocs are most of the allocations.
+#[uprobe]
+pub fn malloc_enter(ctx: ProbeContext) -> u32 {
+    if global_u32(&FLOOR_ONLY) != 0 {
+        return 0;
+    }
+    let call = Call {
+        f: func::MALLOC,
+        size: arg(&ctx, 0),
+        arg0: 0,
+        arg1: 0,
+        cookie: 0,
+    };
+    let _ = enter(&ctx, call, 0);
     0
 }
 

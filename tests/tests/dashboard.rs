@@ -135,6 +135,7 @@ fn memtrace_programs() -> Vec<(u32, String)> {
         .filter(|(_, n)| {
             [
                 "alloc_enter",
+                "malloc_enter",
                 "free_enter",
                 "alloc_ret",
                 "alloc_session",

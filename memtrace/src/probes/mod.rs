@@ -84,6 +84,7 @@ pub const CXX: &[ProbeSpec] = &[
 ];
 
 const ENTRY_PROGRAM: &str = "alloc_enter";
+const MALLOC_PROGRAM: &str = "malloc_enter";
 const FREE_PROGRAM: &str = "free_enter";
 const RET_PROGRAM: &str = "alloc_ret";
 const SESSION_PROGRAM: &str = "alloc_session";
@@ -236,6 +237,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
             EBPF_OBJECT,
             &[
                 (ENTRY_PROGRAM, multi::BPF_TRACE_UPROBE_MULTI),
+                (MALLOC_PROGRAM, multi::BPF_TRACE_UPROBE_MULTI),
                 (FREE_PROGRAM, multi::BPF_TRACE_UPROBE_MULTI),
                 (RET_PROGRAM, multi::BPF_TRACE_UPROBE_MULTI),
                 (LOADER_PROGRAM, multi::BPF_TRACE_UPROBE_MULTI),
@@ -254,24 +256,16 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         .and_then(|mut v| v.pop()),
         _ => None,
     };
-    let uprobes = match multi {
-        Ok(mut fds) if fds.len() == 4 => {
-            let loader = fds.pop();
-            let ret = fds.pop();
-            let free = fds.pop();
-            let entry = fds.pop();
-            match (entry, free, ret, loader) {
-                (Some(entry), Some(free), Some(ret), Some(loader)) => UProbes::Multi {
-                    entry,
-                    free,
-                    ret,
-                    loader,
-                    session,
-                },
-                _ => unreachable_two(),
-            }
-        }
-        Ok(_) | Err(_) => {
+    let uprobes = match multi.map(<[OwnedFd; 5]>::try_from) {
+        Ok(Ok([entry, malloc, free, ret, loader])) => UProbes::Multi {
+            entry,
+            malloc,
+            free,
+            ret,
+            loader,
+            session,
+        },
+        _ => {
             for name in [ENTRY_PROGRAM, RET_PROGRAM, LOADER_PROGRAM] {
                 uprobe(&mut ebpf, name)?
                     .load()
@@ -323,17 +317,14 @@ fn thread_slots() -> u32 {
     pid_max.clamp(1024, 1 << 17)
 }
 
-#[cold]
-fn unreachable_two() -> UProbes {
-    UProbes::Perf
-}
-
 /// How the uprobe programs are attached.
 pub enum UProbes {
     /// One uprobe_multi link per library and direction (and one for the
     /// loader hook).
     Multi {
         entry: OwnedFd,
+        /// The entry program of malloc (when it has a return probe).
+        malloc: OwnedFd,
         /// The entry program of the heap's release functions.
         free: OwnedFd,
         ret: OwnedFd,
@@ -422,6 +413,7 @@ pub fn attach(
     match &loaded.uprobes {
         UProbes::Multi {
             entry,
+            malloc,
             free,
             ret,
             session,
@@ -453,6 +445,9 @@ pub fn attach(
                     link(session, &rets, multi::Mode::Session, "allocator calls")?;
                 }
                 None => {
+                    let (mallocs, others): (Vec<&Planned>, Vec<&Planned>) =
+                        others.iter().partition(|p| p.func == func::MALLOC && p.ret);
+                    link(malloc, &mallocs, multi::Mode::Entry, "malloc entries")?;
                     link(entry, &others, multi::Mode::Entry, "allocator entries")?;
                     link(ret, &rets, multi::Mode::Return, "allocator returns")?;
                 }
