@@ -1,0 +1,106 @@
+//! The maps the programs share with userspace, and the globals the loader
+//! sets before load (`EbpfLoader::override_global`).
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
+};
+use memtrace_common::{COUNTER_COUNT, Counter, CxxCtx, Inflight, SAMPLED_LANE_WORDS, SampledKey};
+
+use crate::stack::WalkBuf;
+
+/// Ring buffer of [`Event`]s. Size overridden by userspace at load.
+#[map(name = "EVENTS")]
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+
+/// Allocator calls between entry and return, one slot per thread id up to
+/// `THREAD_LAST` (the size is overridden by userspace at load).
+#[map(name = "THREADS")]
+pub(crate) static THREADS: Array<Inflight> = Array::with_max_entries(1, 0);
+
+/// Allocator calls of threads whose id is past the end of `THREADS`, keyed
+/// by thread id.
+#[map(name = "INFLIGHT")]
+pub(crate) static INFLIGHT: HashMap<u32, Inflight> = HashMap::with_max_entries(16384, 0);
+
+/// C++ operator new call contexts, keyed by thread id.
+#[map(name = "CXX_CTX")]
+pub(crate) static CXX_CTX: HashMap<u32, CxxCtx> = HashMap::with_max_entries(16384, 0);
+
+/// Sampled heap blocks still live, by process and address (only with
+/// sampling on): frees of other blocks emit nothing. Size overridden at load.
+#[map(name = "SAMPLED")]
+pub(crate) static SAMPLED: HashMap<SampledKey, u8> = HashMap::with_max_entries(1, 0);
+
+/// Counts of the live sampled blocks by hashed address, four 16-bit lanes a
+/// word (`sampled_lane`): most frees are of unsampled blocks, and a lane
+/// counting 0 says so for the price of an array load instead of a hash
+/// lookup. Userspace maps it to take out the blocks of exited processes.
+#[map(name = "SAMPLED_LANES")]
+pub(crate) static SAMPLED_LANES: Array<u64> =
+    Array::with_max_entries(SAMPLED_LANE_WORDS, BPF_F_MMAPABLE);
+
+/// `BPF_F_MMAPABLE`: the array can be mapped into userspace.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+/// Bytes left until the next sample, per CPU (sampling is a Poisson process
+/// over the byte stream: any split of the stream samples alike).
+#[map(name = "SAMPLER")]
+pub(crate) static SAMPLER: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU scratch for the stack walk: the page of user stack being read.
+#[map(name = "WALK")]
+pub(crate) static WALK: PerCpuArray<WalkBuf> = PerCpuArray::with_max_entries(1, 0);
+
+/// Loss and activity counters, indexed by [`Counter`].
+#[map(name = "COUNTERS")]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
+
+// Globals written by the loader before load (`EbpfLoader::override_global`).
+#[unsafe(no_mangle)]
+pub(crate) static SELF_TGID: u32 = 0;
+
+#[unsafe(no_mangle)]
+pub(crate) static FLOOR_ONLY: u32 = 0;
+
+#[unsafe(no_mangle)]
+pub(crate) static TARGET_TGID: u32 = 0;
+
+/// Set once any operator new probe fired: until then, allocation returns
+/// skip the C++ context lookup.
+#[unsafe(no_mangle)]
+pub(crate) static mut CXX_SEEN: u32 = 0;
+
+/// The highest thread id with a slot in `THREADS` (its size minus one).
+#[unsafe(no_mangle)]
+pub(crate) static THREAD_LAST: u32 = 0;
+
+/// Set once any record went to `INFLIGHT` (a thread id past the end of
+/// `THREADS`): until then, nothing needs to look there.
+#[unsafe(no_mangle)]
+pub(crate) static mut HASH_USED: u32 = 0;
+
+/// Mean bytes between samples; 0: every allocation is traced.
+#[unsafe(no_mangle)]
+pub(crate) static SAMPLE_BYTES: u64 = 0;
+
+#[inline(always)]
+pub(crate) fn global_u32(g: &'static u32) -> u32 {
+    // SAFETY: reading a global the loader initialised; volatile so the
+    // compiler cannot fold the compile-time zero.
+    unsafe { core::ptr::read_volatile(g) }
+}
+
+#[inline(always)]
+pub(crate) fn global_u64(g: &'static u64) -> u64 {
+    // SAFETY: as in `global_u32`.
+    unsafe { core::ptr::read_volatile(g) }
+}
+
+#[inline(always)]
+pub(crate) fn bump(c: Counter) {
+    if let Some(p) = COUNTERS.get_ptr_mut(c as u32) {
+        // SAFETY: per-CPU slot; no other writer runs on this CPU meanwhile.
+        unsafe { *p += 1 };
+    }
+}

@@ -1,0 +1,218 @@
+//! User stacks, walked by frame pointers at the return probe, where the
+//! instruction pointer is the return address into the allocator's caller
+//! and the walk continues from the caller's frame, so no frame is missing.
+//! The frames travel in the event's ring record: no stack map, no
+//! collisions, no kernel memory that fills up. C++ `operator new` has no
+//! frame pointer: its entry probe records its caller (`[rsp]`) and the
+//! caller's frame pointer for the malloc it makes.
+
+use aya_ebpf::{bindings::BPF_RB_NO_WAKEUP, programs::RetProbeContext};
+use memtrace_common::{Counter, Event, Record, SHORT_FRAMES, STACK_DEPTH, flags};
+
+use crate::{
+    maps::{CXX_CTX, CXX_SEEN, EVENTS, WALK, bump},
+    ring::{emit, now, put_event},
+};
+
+/// How far below an operator new's entry its malloc may return.
+pub(crate) const CXX_CTX_WINDOW: u64 = 4096;
+
+/// Where the stack of an allocation returning at `sp` starts: its innermost
+/// frame, the frame pointer to walk on from, and the lowest address that
+/// frame pointer may have.
+#[inline(always)]
+fn stack_start(ctx: &RetProbeContext, tid: u32, sp: u64) -> (u64, u64, u64) {
+    // SAFETY: a racy read of a flag only ever set to 1.
+    let cxx_seen = unsafe { core::ptr::read_volatile(&raw const CXX_SEEN) } != 0;
+    // SAFETY: copied out at once.
+    if cxx_seen && let Some(c) = unsafe { CXX_CTX.get(tid) } {
+        let c = *c;
+        let _ = CXX_CTX.remove(tid);
+        if c.sp > sp && c.sp - sp < CXX_CTX_WINDOW {
+            return (c.caller, c.fp, c.sp);
+        }
+    }
+    // SAFETY: `regs` is the context pointer the kernel passed; at a return
+    // probe the instruction pointer is the return address and the frame
+    // pointer the caller's.
+    unsafe { ((*ctx.regs).rip, (*ctx.regs).rbp, sp) }
+}
+
+/// Bytes of user stack read at once: at most a page, and never past the
+/// end of the page the frame lies in (the page above may not be mapped).
+const CHUNK: usize = 4096;
+
+const CHUNK_WORDS: usize = CHUNK / 8;
+
+#[repr(C)]
+pub struct WalkBuf {
+    /// Bumped by every walk on this CPU: a walk that finds it changed at
+    /// its end was preempted and its buffer reused, and is not trusted.
+    generation: u64,
+    /// How many bytes from its first frame pointer the first read of a walk
+    /// takes: what recent walks on this CPU needed, plus a margin (copying
+    /// costs ~1.5 ns per 100 bytes, a second read ~150 ns).
+    first_read: u64,
+    /// Allocations on this CPU to emit without a timestamp before the next
+    /// one with.
+    unstamped: u64,
+    words: [u64; CHUNK_WORDS],
+    /// The walk's result, copied into a ring record of the right size.
+    frames: [u64; STACK_DEPTH],
+}
+
+/// Walk the frame-pointer chain from `fp` into `frames[1..]`: each frame
+/// holds the caller's frame pointer and a return address, and lies above
+/// the one before it (anything else ends the walk: code without frame
+/// pointers leaves garbage there). User memory is read in chunks of up to a
+/// page (each `bpf_probe_read_user` costs ~150 ns here, plus ~1.5 ns per
+/// 100 bytes copied), so frames close together cost one read. Returns how many frames
+/// are valid, and whether the walk stopped for want of room. The first read
+/// takes `first_read` bytes (never past the page), later ones the rest of
+/// their page; `need` is set to how far from the first frame pointer the
+/// walk used the words it read (the frame that ended it included).
+#[inline(always)]
+fn walk_in(
+    frames: &mut [u64; STACK_DEPTH],
+    mut fp: u64,
+    mut lo: u64,
+    words: &mut [u64; CHUNK_WORDS],
+    first_read: u64,
+    need: &mut u64,
+) -> (usize, bool) {
+    let start = fp;
+    // The chunk read last: words [0, len) hold user memory from `base`.
+    let mut base = 0u64;
+    let mut len = 0u64;
+    let mut n = 1;
+    while n < STACK_DEPTH {
+        if fp < lo || fp & 7 != 0 {
+            return (n, false);
+        }
+        let mut i = (fp.wrapping_sub(base)) / 8;
+        if fp < base || i + 2 > len {
+            let mut bytes = CHUNK as u64 - (fp & (CHUNK as u64 - 1));
+            if len == 0 {
+                bytes = bytes.min(first_read);
+            }
+            let bytes = bytes.clamp(16, CHUNK as u64);
+            // SAFETY: writes at most `bytes` <= CHUNK bytes into `words`;
+            // reads user memory, a fault returns an error.
+            let r = unsafe {
+                aya_ebpf::helpers::generated::bpf_probe_read_user(
+                    words.as_mut_ptr().cast(),
+                    bytes as u32,
+                    fp as *const core::ffi::c_void,
+                )
+            };
+            if r != 0 {
+                return (n, false);
+            }
+            base = fp;
+            len = bytes / 8;
+            i = 0;
+        }
+        let (Some(&next), Some(&ret)) = (words.get(i as usize), words.get(i as usize + 1)) else {
+            return (n, false);
+        };
+        // This frame's words were needed even if they end the walk.
+        lo = fp + 16;
+        *need = lo - start;
+        if ret == 0 {
+            return (n, false);
+        }
+        frames[n] = ret;
+        n += 1;
+        fp = next;
+    }
+    (n, fp >= lo && fp & 7 == 0)
+}
+
+/// Emit allocation `ev` with the user stack, in the smallest record that
+/// holds it.
+#[inline(always)]
+pub(crate) fn finish(ctx: &RetProbeContext, mut ev: Event, tid: u32, sp: u64) {
+    let (first, fp, lo) = stack_start(ctx, tid, sp);
+    let Some(w) = WALK.get_ptr_mut(0) else {
+        // No scratch page (cannot happen with a per-CPU array of one
+        // entry): the allocation still counts, without its stack.
+        bump(Counter::StackTruncated);
+        ev.ts_ns = now();
+        emit(&ev);
+        return;
+    };
+    // SAFETY: this CPU's scratch value; another walk only reuses it if this
+    // program is preempted, which the generation check detects.
+    let w = unsafe { &mut *w };
+    // One allocation in STAMP_EVERY on a CPU carries the clock (~60 ns a
+    // read here); userspace places the others as it places frees.
+    if w.unstamped == 0 {
+        ev.ts_ns = now();
+        w.unstamped = STAMP_EVERY - 1;
+    } else {
+        w.unstamped -= 1;
+    }
+    w.generation = w.generation.wrapping_add(1);
+    let generation = w.generation;
+    w.frames[0] = first;
+    let mut need = 0;
+    let (n, truncated) = walk_in(&mut w.frames, fp, lo, &mut w.words, w.first_read, &mut need);
+    w.first_read = next_first_read(w.first_read, need);
+    ev.nframes = n as u16;
+    if truncated {
+        ev.flags |= flags::TRUNCATED;
+        bump(Counter::StackTruncated);
+    }
+    if n <= SHORT_FRAMES {
+        emit_record::<SHORT_FRAMES>(ev, w, generation, first);
+    } else {
+        emit_record::<STACK_DEPTH>(ev, w, generation, first);
+    }
+}
+
+/// The first read of the next walk on this CPU, after one that needed
+/// `need` bytes: at once as much as that and a margin, and shrinking back
+/// slowly, so that walks of different depths alternating on a CPU mostly
+/// cost one read.
+#[inline(always)]
+fn next_first_read(current: u64, need: u64) -> u64 {
+    let want = need + FIRST_READ_MARGIN;
+    if want >= current {
+        want
+    } else {
+        current - (current - want) / 16
+    }
+}
+
+/// One allocation in this many (per CPU) carries a timestamp.
+const STAMP_EVERY: u64 = 8;
+
+/// Bytes read beyond what the last walk needed.
+const FIRST_READ_MARGIN: u64 = 256;
+
+#[inline(always)]
+fn emit_record<const N: usize>(mut ev: Event, w: &WalkBuf, generation: u64, first: u64) {
+    let Some(mut slot) = EVENTS.reserve::<Record<N>>(0) else {
+        bump(Counter::RingFull);
+        return;
+    };
+    let rec = slot.as_mut_ptr();
+    // SAFETY: `rec` points at the reserved record, ours until submitted.
+    let r = unsafe { &mut *rec };
+    let n = usize::from(ev.nframes);
+    let mut i = 0;
+    while i < N && i < n {
+        r.frames[i] = w.frames[i];
+        i += 1;
+    }
+    if w.generation != generation {
+        // Preempted, and the scratch reused meanwhile: keep only the frame
+        // that did not come from it.
+        r.frames[0] = first;
+        ev.nframes = 1;
+        ev.flags |= flags::TRUNCATED;
+        bump(Counter::StackTruncated);
+    }
+    put_event(&mut r.event, &ev);
+    slot.submit(BPF_RB_NO_WAKEUP.into());
+}
