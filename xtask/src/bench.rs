@@ -14,6 +14,7 @@
 //! `<target>/bench/latest.md` (`quick.md` with `--quick`), every run's
 //! figures in `latest-samples.tsv` (`quick-samples.tsv`); run logs in
 //! `<target>/bench/logs/`.
+
 mod env;
 mod figures;
 mod json;
@@ -96,6 +97,7 @@ impl Options {
         })
     }
 }
+
 pub fn bench(ctx: &Ctx, args: &[String]) -> Result<()> {
     let opts = Options::parse(args)?;
     if !ctx.is_root && !ctx.dry_run {
@@ -223,9 +225,11 @@ pub fn bench(ctx: &Ctx, args: &[String]) -> Result<()> {
     );
     Ok(())
 }
+
 fn bench_dir(ctx: &Ctx) -> PathBuf {
     ctx.target_dir().join("bench")
 }
+
 /// Since `before`: the share of the host's CPU capacity that other
 /// processes used (busy time minus ours and our children's), and the share
 /// stolen by the hypervisor.

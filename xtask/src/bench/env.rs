@@ -43,6 +43,7 @@ pub(super) struct Env {
     /// the host is seen quiet.
     impatient: StdCell<bool>,
 }
+
 /// Compiles the workloads, finds the tools, writes the bpftrace script.
 pub(super) fn prepare(ctx: &Ctx, memtrace: PathBuf) -> Result<Env> {
     let dir = bench_dir(ctx);
@@ -147,11 +148,13 @@ fn bpftrace_script(libc: &str) -> String {
          uprobe:{libc}:free /pid == $1/ {{ delete(@sizes[arg0]); delete(@stacks[arg0]); }}\n"
     )
 }
+
 fn command(argv: &[String]) -> Command {
     let mut c = Command::new(&argv[0]);
     c.args(&argv[1..]);
     c
 }
+
 impl Env {
     pub(super) fn log(&self, name: &str) -> Result<Sink> {
         Sink::log(&self.logs.join(format!("{name}.log")))

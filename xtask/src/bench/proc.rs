@@ -125,7 +125,7 @@ impl Exit {
 
 /// Where a child's stdout or stderr goes.
 pub enum Sink {
-    /// Read line by line (see [`Proc::wait_line`] and [`Proc::stdout_text`]).
+    /// Read line by line (see [`Proc::wait_stdout`], [`Proc::wait_stderr`] and [`Proc::stdout_text`]).
     Lines,
     /// Appended to a file (a log).
     File(File),

@@ -30,6 +30,7 @@ pub(super) struct Rendering<'a> {
     pub(super) others: Option<(f64, f64)>,
     pub(super) elapsed: Duration,
 }
+
 /// `n/a (reason)`, the reason cut short.
 fn na(reason: &str) -> String {
     let mut r: String = reason.chars().take(70).collect();

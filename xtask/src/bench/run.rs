@@ -55,6 +55,7 @@ impl Cell {
         }
     }
 }
+
 /// `work_ns=N calls=N [units=N]` from a workload's output.
 pub(super) fn parse_work(out: &str) -> Result<(u64, u64)> {
     let line = out
@@ -103,6 +104,7 @@ pub(super) fn check(p: &mut Proc, exit: &Exit) -> Result<()> {
         bail!("{}", p.failure(exit))
     }
 }
+
 /// One run of `wl` under `cfg`.
 pub(super) fn run(env: &Env, wl: &Workload, cfg: Config) -> Result<Sample> {
     let args = if cfg.small() {

@@ -107,6 +107,7 @@ pub(super) struct Workload {
     /// taken from memtrace's `--pid` reports.
     pub(super) pairs_per_unit: Option<f64>,
 }
+
 pub(super) fn workloads(ctx: &Ctx, opts: &Options) -> Vec<Workload> {
     let bin = bench_dir(ctx).join("bin");
     let c = |name: &str| vec![bin.join(name).to_string_lossy().into_owned()];
@@ -192,6 +193,7 @@ pub(super) fn workloads(ctx: &Ctx, opts: &Options) -> Vec<Workload> {
         },
     ]
 }
+
 /// Debian's python3 (a real program nobody here wrote), else any on PATH.
 pub(super) fn python3(ctx: &Ctx) -> PathBuf {
     let debian = PathBuf::from("/usr/bin/python3");
