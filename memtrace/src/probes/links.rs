@@ -1,0 +1,250 @@
+//! Attaching the loaded programs: allocator probes to a library (for one
+//! process or all), the dynamic loader's hook, the lifecycle tracepoints.
+
+use std::{
+    io,
+    num::NonZeroU32,
+    os::fd::OwnedFd,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Ebpf,
+    programs::{
+        ProgramError, RawTracePoint,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeError, UProbeLinkId, UProbeScope},
+    },
+};
+use memtrace_common::func;
+
+use super::{
+    CXX, LIBC, Planned, multi, plan,
+    programs::{ENTRY_PROGRAM, LOADER_PROGRAM, Loaded, RET_PROGRAM, UProbes, uprobe},
+};
+
+/// The uprobe links memtrace holds, so they can be detached quickly.
+#[derive(Default)]
+pub struct Links {
+    perf: Vec<(&'static str, UProbeLinkId)>,
+    multi: Vec<OwnedFd>,
+}
+
+impl Links {
+    /// Detach every link. Each detach waits for an RCU grace period (~90 ms
+    /// in a VM): uprobe_multi links pay it once per link, and are closed
+    /// from parallel threads so their waits overlap.
+    pub fn detach(self, ebpf: &mut Ebpf) {
+        let mut perf = Vec::with_capacity(self.perf.len());
+        for (prog, id) in self.perf {
+            if let Ok(p) = uprobe(ebpf, prog)
+                && let Ok(link) = p.take_link(id)
+            {
+                perf.push(link);
+            }
+        }
+        std::thread::scope(|s| {
+            for link in self.multi {
+                s.spawn(move || drop(link));
+            }
+            for link in perf {
+                s.spawn(move || drop(link));
+            }
+        });
+    }
+}
+
+/// Which processes the probes fire for.
+#[derive(Clone, Copy, Debug)]
+pub enum Scope {
+    All,
+    Process(NonZeroU32),
+}
+
+/// Attach the planned probes to `lib` for `scope`.
+pub fn attach(
+    loaded: &mut Loaded,
+    lib: &Path,
+    planned: &[Planned],
+    scope: Scope,
+    links: &mut Links,
+) -> Result<()> {
+    let explain = |e: ProgramError, what: &str| explain_attach(e, what, lib);
+    match &loaded.uprobes {
+        UProbes::Multi {
+            entry,
+            malloc,
+            free,
+            ret,
+            session,
+            ..
+        } => {
+            let pid = match scope {
+                Scope::All => 0,
+                Scope::Process(p) => p.get(),
+            };
+            let mut link = |prog: &OwnedFd, ps: &[&Planned], mode, what| -> Result<()> {
+                if ps.is_empty() {
+                    return Ok(());
+                }
+                let offsets: Vec<u64> = ps.iter().map(|p| p.file_offset).collect();
+                let cookies: Vec<u64> = ps.iter().map(|p| p.cookie()).collect();
+                let link = multi::attach(prog, lib, &offsets, &cookies, mode, pid)
+                    .map_err(|e| explain(io_program_error(e), what))?;
+                links.multi.push(link);
+                Ok(())
+            };
+            let (frees, others): (Vec<&Planned>, Vec<&Planned>) =
+                planned.iter().partition(|p| p.func == func::FREE && !p.ret);
+            let (rets, entries): (Vec<&Planned>, Vec<&Planned>) =
+                others.iter().partition(|p| p.ret);
+            link(free, &frees, multi::Mode::Entry, "allocator frees")?;
+            match session {
+                Some(session) => {
+                    link(entry, &entries, multi::Mode::Entry, "allocator entries")?;
+                    link(session, &rets, multi::Mode::Session, "allocator calls")?;
+                }
+                None => {
+                    let (mallocs, others): (Vec<&Planned>, Vec<&Planned>) =
+                        others.iter().partition(|p| p.func == func::MALLOC && p.ret);
+                    link(malloc, &mallocs, multi::Mode::Entry, "malloc entries")?;
+                    link(entry, &others, multi::Mode::Entry, "allocator entries")?;
+                    link(ret, &rets, multi::Mode::Return, "allocator returns")?;
+                }
+            }
+        }
+        UProbes::Perf => {
+            let scope = match scope {
+                Scope::All => UProbeScope::AllProcesses,
+                Scope::Process(p) => UProbeScope::OneProcess(p),
+            };
+            for p in planned {
+                let at = || UProbeAttachPoint {
+                    location: UProbeAttachLocation::AbsoluteOffset(p.file_offset),
+                    cookie: Some(p.cookie()),
+                };
+                let id = uprobe(&mut loaded.ebpf, ENTRY_PROGRAM)?
+                    .attach(at(), lib, scope)
+                    .map_err(|e| explain(e, p.symbol))?;
+                links.perf.push((ENTRY_PROGRAM, id));
+                if p.ret {
+                    let id = uprobe(&mut loaded.ebpf, RET_PROGRAM)?
+                        .attach(at(), lib, scope)
+                        .map_err(|e| explain(e, p.symbol))?;
+                    links.perf.push((RET_PROGRAM, id));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Attach the loader hook (`loader_stop`) at `file_offset` of `lib` (the
+/// dynamic loader's `_dl_debug_state`) for one process.
+pub fn attach_loader(
+    loaded: &mut Loaded,
+    lib: &Path,
+    file_offset: u64,
+    pid: NonZeroU32,
+    links: &mut Links,
+) -> Result<()> {
+    let explain = |e: ProgramError| explain_attach(e, "_dl_debug_state", lib);
+    match &loaded.uprobes {
+        UProbes::Multi { loader, .. } => {
+            let link = multi::attach(
+                loader,
+                lib,
+                &[file_offset],
+                &[0],
+                multi::Mode::Entry,
+                pid.get(),
+            )
+            .map_err(|e| explain(io_program_error(e)))?;
+            links.multi.push(link);
+        }
+        UProbes::Perf => {
+            let at = UProbeAttachPoint {
+                location: UProbeAttachLocation::AbsoluteOffset(file_offset),
+                cookie: None,
+            };
+            let id = uprobe(&mut loaded.ebpf, LOADER_PROGRAM)?
+                .attach(at, lib, UProbeScope::OneProcess(pid))
+                .map_err(explain)?;
+            links.perf.push((LOADER_PROGRAM, id));
+        }
+    }
+    Ok(())
+}
+
+fn io_program_error(e: io::Error) -> ProgramError {
+    ProgramError::SyscallError(aya::sys::SyscallError {
+        call: "bpf_link_create",
+        io_error: e,
+    })
+}
+
+fn explain_attach(e: ProgramError, symbol: &str, lib: &Path) -> anyhow::Error {
+    let what = format!("attaching uprobe to {symbol} in {}", lib.display());
+    let einval = match &e {
+        ProgramError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::EINVAL),
+        ProgramError::UProbeError(UProbeError::FileError { io_error, .. }) => {
+            io_error.raw_os_error() == Some(libc::EINVAL)
+        }
+        _ => false,
+    };
+    if einval {
+        anyhow!(
+            "{what}: the kernel refused it (EINVAL); another tracer (bcc memleak, bpftrace, \
+             perf probe) most likely holds a uprobe on the same function with a different \
+             ref_ctr_offset (dmesg: 'ref_ctr_offset mismatch'): stop it and retry"
+        )
+    } else {
+        anyhow::Error::new(e).context(what)
+    }
+}
+
+fn raw_tp(ebpf: &mut Ebpf, prog: &str, tp: &str) -> Result<()> {
+    let p: &mut RawTracePoint = ebpf
+        .program_mut(prog)
+        .ok_or_else(|| anyhow!("eBPF program {prog} missing"))?
+        .try_into()?;
+    p.attach(tp)
+        .with_context(|| format!("attaching raw tracepoint {tp}"))?;
+    Ok(())
+}
+
+/// Attach the process lifecycle tracepoints (exec, exit). The exit program
+/// that reads `group_dead` needs kernel 6.16+; older kernels get the one
+/// that takes the leader's exit for the process's.
+pub fn attach_lifecycle(ebpf: &mut Ebpf) -> Result<()> {
+    raw_tp(ebpf, "sched_exec", "sched_process_exec")?;
+    raw_tp(ebpf, "sched_exit", "sched_process_exit")
+        .or_else(|_| raw_tp(ebpf, "sched_exit_leader", "sched_process_exit"))
+}
+
+/// Plan and attach every allocator probe for a process whose C library is
+/// `libc` and whose C++ runtime (if any) is `libstdcxx`.
+pub fn attach_allocators(
+    loaded: &mut Loaded,
+    libc: &Path,
+    libstdcxx: Option<&Path>,
+    scope: Scope,
+    links: &mut Links,
+) -> Result<Vec<(PathBuf, Planned)>> {
+    let mut all = Vec::new();
+    let (planned, missing) = plan(libc, LIBC)?;
+    if let Some(m) = missing.iter().find(|&&m| m == "malloc" || m == "free") {
+        bail!(
+            "{} has no symbol {m}: not a C library memtrace can trace",
+            libc.display()
+        );
+    }
+    attach(loaded, libc, &planned, scope, links)?;
+    all.extend(planned.into_iter().map(|p| (libc.to_path_buf(), p)));
+    if let Some(cxx) = libstdcxx {
+        let (planned, _) = plan(cxx, CXX)?;
+        attach(loaded, cxx, &planned, scope, links)?;
+        all.extend(planned.into_iter().map(|p| (cxx.to_path_buf(), p)));
+    }
+    Ok(all)
+}
