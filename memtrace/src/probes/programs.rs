@@ -8,7 +8,8 @@ use anyhow::{Context as _, Result, anyhow};
 use aya::{Ebpf, EbpfLoader, programs::UProbe};
 use memtrace_common::{
     GLOBAL_FLOOR_ONLY, GLOBAL_SAMPLE_BYTES, GLOBAL_SELF_TGID, GLOBAL_TARGET_TGID,
-    GLOBAL_THREAD_LAST, MAP_EVENTS, MAP_SAMPLED, MAP_THREADS,
+    GLOBAL_THREAD_LAST, MAP_EVENTS, MAP_SAMPLED, MAP_SAMPLED_LANES, MAP_THREADS,
+    SAMPLED_LANE_WORDS,
 };
 
 use super::multi;
@@ -54,6 +55,8 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
     let sample = opts.sample_bytes;
     let log_level = crate::ebpf_log::level();
     let sampled_entries = sampled_entries(sample);
+    // The sampled set's filter (128 KiB) only exists when sampling.
+    let lane_words = if sample == 0 { 1 } else { SAMPLED_LANE_WORDS };
     let slots = thread_slots();
     let thread_last = slots - 1;
     let mut ebpf = EbpfLoader::new()
@@ -64,6 +67,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         .override_global(GLOBAL_THREAD_LAST, &thread_last, true)
         .override_global("AYA_LOG_LEVEL", &log_level, false)
         .map_max_entries(MAP_SAMPLED, sampled_entries)
+        .map_max_entries(MAP_SAMPLED_LANES, lane_words)
         .map_max_entries(MAP_EVENTS, opts.ring_bytes)
         .map_max_entries(MAP_THREADS, slots)
         .load(EBPF_OBJECT)
