@@ -26,6 +26,10 @@ use crate::{
     sampling::sampled,
 };
 
+/// mmap flags (x86-64).
+const MAP_ANONYMOUS: u64 = 0x20;
+const MAP_STACK: u64 = 0x2_0000;
+
 /// A uretprobe's stack pointer is its entry's plus the popped return address.
 pub(crate) const RET_SP_DELTA: u64 = 8;
 
@@ -119,11 +123,11 @@ pub(crate) mod skip {
     pub const GONE: u16 = 2;
 }
 
-/// Whether the call recorded in `rec` (this thread's) contains a call of
-/// `inner` whose stack pointer is `sp` (and whose return address is at
-/// `sp + delta`).
+/// Whether the call recorded in `rec` (this thread's) contains a call whose
+/// stack pointer is `sp`. `mapping`: the inner call is an anonymous mmap
+/// that is not a stack, the only kind an allocator makes inside malloc.
 #[inline(always)]
-fn covers(rec: &Inflight, sp: u64, inner: u16, delta: u64) -> bool {
+fn covers(rec: &Inflight, sp: u64, mapping: bool) -> bool {
     if rec.sp <= sp {
         return false;
     }
@@ -132,28 +136,33 @@ fn covers(rec: &Inflight, sp: u64, inner: u16, delta: u64) -> bool {
     }
     // An unsampled malloc, calloc or aligned allocation calls no other
     // allocator function, only the allocator's own mappings; and its record
-    // outlives it. A mapping call is inside it if made by its code.
-    if !matches!(inner, func::MMAP | func::MUNMAP | func::MREMAP) {
+    // outlives it, so a deeper call made after it returned must not be
+    // taken for one inside it. What it maps is anonymous and never a stack
+    // (glibc maps thread and posix_spawn stacks with MAP_STACK, right after
+    // whatever malloc came before), and mapped by the allocator's code.
+    // Its unmappings are not taken for inside it: they unmap memory
+    // memtrace never tracked, which userspace ignores.
+    if !mapping {
         return false;
     }
     let (lo, hi) = code_range(rec.arg0, rec.arg1);
     // SAFETY: reads the return address at the stack pointer; a fault
     // returns Err.
-    let caller = unsafe { bpf_probe_read_user((sp + delta) as *const u64) }.unwrap_or(0);
+    let caller = unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0);
     caller >= lo && caller < hi
 }
 
-/// Whether an allocator call of `inner` at `sp` is nested in another one
+/// Whether a release (free, munmap) at `sp` is nested in an allocator call
 /// in progress on this thread (and belongs to it).
 #[inline(always)]
-pub(crate) fn nested(tid: u32, sp: u64, inner: u16, delta: u64) -> bool {
+pub(crate) fn nested(tid: u32, sp: u64) -> bool {
     if let Some(s) = slot(tid)
         && s.sp != 0
         && s.tid == tid
     {
-        return covers(s, sp, inner, delta);
+        return covers(s, sp, false);
     }
-    hashed(tid).is_some_and(|h| covers(&h, sp, inner, delta))
+    hashed(tid).is_some_and(|h| covers(&h, sp, false))
 }
 
 /// The code of the object a probe at address `ip` is in, from its attach
@@ -210,8 +219,9 @@ pub(crate) fn enter(ctx: &ProbeContext, call: Call, session_ip: u64) -> bool {
         }
     }
     let want = rec.skip != skip::GONE;
+    let mapping = f == func::MMAP && arg0 & MAP_ANONYMOUS != 0 && arg0 & MAP_STACK == 0;
     if let Some(s) = slot(tid) {
-        if s.sp != 0 && s.tid == tid && covers(s, sp, f, 0) {
+        if s.sp != 0 && s.tid == tid && covers(s, sp, mapping) {
             return false;
         }
         // Free, or a record of a call that is over (its return was never
@@ -221,7 +231,7 @@ pub(crate) fn enter(ctx: &ProbeContext, call: Call, session_ip: u64) -> bool {
     }
     // A thread id past the array: the hash map.
     if let Some(h) = hashed(tid) {
-        if covers(&h, sp, f, 0) {
+        if covers(&h, sp, mapping) {
             return false;
         }
         hash_remove(tid);

@@ -60,7 +60,7 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
     if global_u32(&FLOOR_ONLY) != 0 {
         return 0;
     }
-    let _ = release(&ctx, kind::FREE, func::FREE, 0);
+    let _ = release(&ctx, kind::FREE, func::FREE);
     0
 }
 
@@ -120,8 +120,8 @@ pub(crate) fn entry(ctx: &ProbeContext, session_ip: u64) -> bool {
         func::MMAP => enter(ctx, call(a1, arg(ctx, 3), 0), session_ip),
         // mremap(old, old_len, new_len, ...).
         func::MREMAP => enter(ctx, call(a2, a0, a1), session_ip),
-        func::FREE => release(ctx, kind::FREE, f, (cookie >> 16) & 0xff),
-        func::MUNMAP => release(ctx, kind::MUNMAP, f, (cookie >> 16) & 0xff),
+        func::FREE => release(ctx, kind::FREE, f),
+        func::MUNMAP => release(ctx, kind::MUNMAP, f),
         func::CXX_NEW => cxx_new(ctx, (cookie >> 16) & 0xff),
         _ => false,
     }
@@ -129,7 +129,7 @@ pub(crate) fn entry(ctx: &ProbeContext, session_ip: u64) -> bool {
 
 /// Entry-only probe on a release function: free(p) and munmap(p, len).
 #[inline(always)]
-pub(crate) fn release(ctx: &ProbeContext, k: u16, f: u16, delta: u64) -> bool {
+pub(crate) fn release(ctx: &ProbeContext, k: u16, f: u16) -> bool {
     let addr = arg(ctx, 0);
     if addr == 0 {
         return false;
@@ -143,7 +143,7 @@ pub(crate) fn release(ctx: &ProbeContext, k: u16, f: u16, delta: u64) -> bool {
     let Some((tgid, tid)) = current() else {
         return false;
     };
-    if nested(tid, regs_sp(ctx.regs), f, delta) {
+    if nested(tid, regs_sp(ctx.regs)) {
         return false;
     }
     if sampling && !unsample(tgid, addr) {

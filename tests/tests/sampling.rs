@@ -42,8 +42,9 @@ fn estimates_within_ten_percent_at_512k() {
         assert!(within(b, bytes, 10.0), "{func}: {b} bytes vs {bytes}");
         assert!(within(n, blocks, 10.0), "{func}: {n} blocks vs {blocks}");
     }
-    // Mappings are never sampled: the program's own, exact; the ones
-    // glibc makes inside (mostly unsampled) 1 MiB mallocs, none.
+    // Mappings are never sampled: the program's own and its thread's stack,
+    // exact; the ones glibc makes inside (mostly unsampled) 1 MiB mallocs,
+    // none.
     let mmaps: Vec<String> = r.json["stacks"]
         .as_array()
         .map(|v| v.as_slice())
@@ -58,8 +59,28 @@ fn estimates_within_ten_percent_at_512k() {
         })
         .collect();
     assert!(
-        mmaps.iter().all(|f| f == "leak_user_mmap"),
+        mmaps
+            .iter()
+            .all(|f| f == "leak_user_mmap" || f.contains("pthread_create")),
         "mmap stacks other than the program's: {mmaps:?}"
+    );
+    let thread_stack: u64 = r.json["stacks"]
+        .as_array()
+        .map(|v| v.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .filter(|s| s["kind"] == "mmap")
+        .filter(|s| {
+            s["frames"][0]["function"]
+                .as_str()
+                .is_some_and(|f| f.contains("pthread_create"))
+        })
+        .map(|s| s["outstanding_bytes"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(
+        thread_stack,
+        (1 << 20) + 4096,
+        "the thread's stack, mapped right after an unsampled malloc: 1 MiB and its guard page"
     );
     let user: u64 = r
         .stacks_for(Kind::Mmap, "leak_user_mmap")
