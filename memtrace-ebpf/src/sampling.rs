@@ -52,6 +52,13 @@ pub(crate) fn sampled(size: u64) -> bool {
     };
     // SAFETY: per-CPU slot; nothing else runs on this CPU meanwhile.
     unsafe {
+        // The distance to the first sample point is a draw like every
+        // other (0: not drawn yet). Starting at 0 would sample each CPU's
+        // first allocation for sure while weighting it as a rare one: a
+        // 64-byte block would stand for ~512 KiB.
+        if *left == 0 {
+            *left = exp_interval(mean).max(1);
+        }
         if *left > size {
             *left -= size;
             return false;

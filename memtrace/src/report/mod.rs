@@ -39,8 +39,10 @@ pub struct Report {
     pub summary: Summary,
     pub stacks: Vec<StackReport>,
     /// Mean bytes between samples when sampling (`--sample-bytes`), else
-    /// null. When set, outstanding bytes and allocations are unbiased
-    /// estimates; the other counters count the sampled allocations.
+    /// null. When set, the heap stacks' outstanding bytes and allocations
+    /// (and the totals) are unbiased estimates, the mapping stacks' are
+    /// counts (mappings are never sampled); the other counters count the
+    /// sampled allocations.
     pub sample_bytes: Option<u64>,
     /// Things the user should know about this report (attach notes, files
     /// that could not be symbolized, ...).

@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 
 use super::{Report, short_module};
+use crate::tracker::Kind;
 
 /// `1234567` → `1,234,567`.
 pub fn thousands(n: u64) -> String {
@@ -88,6 +89,12 @@ pub fn render(r: &Report) -> String {
         let _ = writeln!(o, "\nnothing outstanding");
     }
     for (i, st) in r.stacks.iter().enumerate() {
+        // Mappings are never sampled: their figures are counts.
+        let est = if st.kind == Kind::Heap.as_str() {
+            est
+        } else {
+            ""
+        };
         let _ = writeln!(
             o,
             "\n#{:<3} {} {est}{} bytes in {est}{} allocations, oldest {}",
@@ -127,5 +134,37 @@ mod tests {
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(409600), "400.0 KiB");
         assert_eq!(human_ms(2300), "2.3 s");
+    }
+
+    #[test]
+    fn sampled_heap_rows_are_estimates_and_mappings_counts() {
+        let row = |kind| crate::report::StackReport {
+            kind,
+            outstanding_bytes: 4096,
+            outstanding_allocations: 1,
+            oldest_age_ms: 5,
+            frames: Vec::new(),
+        };
+        let r = Report {
+            schema_version: 1,
+            pid: 7,
+            comm: "w".into(),
+            exe: "/w".into(),
+            exited: true,
+            duration_ms: 10,
+            summary: crate::report::Summary::default(),
+            stacks: vec![row(Kind::Heap.as_str()), row(Kind::Mmap.as_str())],
+            sample_bytes: Some(512 << 10),
+            notes: Vec::new(),
+        };
+        let text = render(&r);
+        assert!(
+            text.contains("#1   heap ~4,096 bytes in ~1 allocations"),
+            "{text}"
+        );
+        assert!(
+            text.contains("#2   mmap 4,096 bytes in 1 allocations"),
+            "{text}"
+        );
     }
 }
