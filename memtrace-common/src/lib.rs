@@ -47,6 +47,44 @@ pub struct SampledKey {
     pub addr: u64,
 }
 const _: () = assert!(size_of::<SampledKey>() == 16);
+/// Name of the hash map of call sites inside allocator libraries (strdup's
+/// call to malloc): key [`lib_site_key`], value [`lib_site_value`].
+pub const MAP_LIB_SITES: &str = "LIB_SITES";
+/// Entries of [`MAP_LIB_SITES`], over all libraries.
+pub const LIB_SITES_MAX: u32 = 16384;
+/// How many library functions deep an allocation is followed out of the
+/// library (realpath → strdup → malloc is 2).
+pub const LIB_DEPTH: usize = 8;
+
+/// The attach cookie of an allocator probe: the function (`func::*`, bits
+/// 0..16), how far the probed instruction's stack pointer sits below the
+/// entry one (bits 16..24), the probe's byte offset into its executable
+/// segment (24..48) and the segment's size in 256-byte units (48..64; 0
+/// when the offset or size does not fit).
+pub const fn probe_cookie(func: u16, sp_delta: u64, seg_offset: u64, seg_size: u64) -> u64 {
+    let units = seg_size.div_ceil(256);
+    let code = if seg_offset < 1 << 24 && units < 1 << 16 {
+        seg_offset << 24 | units << 48
+    } else {
+        0
+    };
+    func as u64 | (sp_delta & 0xff) << 16 | code
+}
+
+/// Key of [`MAP_LIB_SITES`]: the library's segment size in 256-byte units
+/// (from the cookie) and a return address's offset into the segment.
+pub const fn lib_site_key(seg_units: u64, ra_offset: u64) -> u64 {
+    seg_units << 32 | (ra_offset & 0xffff_ffff)
+}
+
+/// Value of [`MAP_LIB_SITES`]: how far above the stack pointer after the
+/// return the calling function's frame ends (its return address is the
+/// word below; low 16 bits), and where it saved its caller's frame pointer
+/// relative to that (high 16 bits, signed; 0: not saved).
+pub const fn lib_site_value(cfa: u16, rbp_at: i16) -> u32 {
+    cfa as u32 | (rbp_at as u16 as u32) << 16
+}
+
 /// Global: mean bytes between samples (0: trace every allocation).
 pub const GLOBAL_SAMPLE_BYTES: &str = "SAMPLE_BYTES";
 /// Name of the per-thread array of allocator calls in progress (indexed by

@@ -165,13 +165,13 @@ pub(crate) fn nested(tid: u32, sp: u64) -> bool {
     hashed(tid).is_some_and(|h| covers(&h, sp, false))
 }
 
-/// The code of the object a probe at address `ip` is in, from its attach
-/// cookie (bits 24..44: the probe's offset into its executable segment,
-/// 44..64: the segment's size, both in 16-byte units; 0 when unknown).
+/// The executable segment of the object a probe at address `ip` is in,
+/// from its attach cookie (`memtrace_common::probe_cookie`); (0, 0) when
+/// unknown.
 #[inline(always)]
-fn code_range(ip: u64, cookie: u64) -> (u64, u64) {
-    let off = ((cookie >> 24) & 0xf_ffff) * 16;
-    let size = (cookie >> 44) * 16;
+pub(crate) fn code_range(ip: u64, cookie: u64) -> (u64, u64) {
+    let off = (cookie >> 24) & 0xff_ffff;
+    let size = (cookie >> 48) * 256;
     if size == 0 {
         return (0, 0);
     }

@@ -5,7 +5,9 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
-use memtrace_common::{COUNTER_COUNT, Counter, CxxCtx, Inflight, SAMPLED_LANE_WORDS, SampledKey};
+use memtrace_common::{
+    COUNTER_COUNT, Counter, CxxCtx, Inflight, LIB_SITES_MAX, SAMPLED_LANE_WORDS, SampledKey,
+};
 
 use crate::stack::WalkBuf;
 
@@ -47,6 +49,12 @@ const BPF_F_MMAPABLE: u32 = 1 << 10;
 /// over the byte stream: any split of the stream samples alike).
 #[map(name = "SAMPLER")]
 pub(crate) static SAMPLER: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Call sites inside allocator libraries (strdup's call to malloc) and how
+/// to step out of the calling function there; filled by userspace from the
+/// library's `.eh_frame` (see `stack::out_of_library`).
+#[map(name = "LIB_SITES")]
+pub(crate) static LIB_SITES: HashMap<u64, u32> = HashMap::with_max_entries(LIB_SITES_MAX, 0);
 
 /// Per-CPU scratch for the stack walk: the page of user stack being read.
 #[map(name = "WALK")]

@@ -6,11 +6,15 @@
 //! frame pointer: its entry probe records its caller (`[rsp]`) and the
 //! caller's frame pointer for the malloc it makes.
 
+use aya_ebpf::helpers::bpf_probe_read_user;
 use aya_ebpf::{bindings::BPF_RB_NO_WAKEUP, programs::RetProbeContext};
-use memtrace_common::{Counter, Event, Record, SHORT_FRAMES, STACK_DEPTH, flags};
+use memtrace_common::{
+    Counter, Event, LIB_DEPTH, Record, SHORT_FRAMES, STACK_DEPTH, flags, lib_site_key,
+};
 
 use crate::{
-    maps::{CXX_CTX, CXX_SEEN, EVENTS, WALK, bump},
+    calls::code_range,
+    maps::{CXX_CTX, CXX_SEEN, EVENTS, LIB_SITES, WALK, bump},
     ring::{emit, now, put_event},
 };
 
@@ -36,6 +40,74 @@ fn stack_start(ctx: &RetProbeContext, tid: u32, sp: u64) -> (u64, u64, u64) {
     // probe the instruction pointer is the return address and the frame
     // pointer the caller's.
     unsafe { ((*ctx.regs).rip, (*ctx.regs).rbp, sp) }
+}
+
+/// Below this, user code (executables are mapped at 0x4000_0000 or, PIE,
+/// around 0x5555_5555_0000); above it, the shared libraries (mmap's base
+/// sits under the stack near 0x7fff_ffff_ffff).
+const LIBRARY_REGION: u64 = 0x6000_0000_0000;
+
+/// Step out of the allocator library's own functions that made this
+/// allocation (strdup, asprintf, getline): they keep no frame pointer, so
+/// the walk from the frame pointer would miss their callers. Each call site
+/// in the library is in `LIB_SITES` with its frame's layout (from
+/// `.eh_frame`); one or two reads per level give the function's return
+/// address and its caller's saved frame pointer. Fills `frames[1..]` and
+/// returns how many frames are set, and the frame pointer and stack bound
+/// to walk on from.
+#[inline(always)]
+fn out_of_library(
+    ctx: &RetProbeContext,
+    frames: &mut [u64; STACK_DEPTH],
+    ip: u64,
+    fp: u64,
+    sp: u64,
+) -> (usize, u64, u64) {
+    // Most allocations return into a program's own code, below the
+    // libraries: they pay one comparison.
+    if ip < LIBRARY_REGION {
+        return (1, fp, sp);
+    }
+    // SAFETY: helpers reading the probe's address and attach cookie.
+    let (func_ip, cookie) = unsafe {
+        (
+            aya_ebpf::helpers::generated::bpf_get_func_ip(ctx.regs.cast()),
+            aya_ebpf::helpers::generated::bpf_get_attach_cookie(ctx.regs.cast()),
+        )
+    };
+    let (lo, hi) = code_range(func_ip, cookie);
+    let units = cookie >> 48;
+    let (mut ip, mut fp, mut sp) = (ip, fp, sp);
+    let mut n = 1;
+    for _ in 0..LIB_DEPTH {
+        if ip < lo || ip >= hi {
+            break;
+        }
+        // SAFETY: copied out at once.
+        let Some(v) = (unsafe { LIB_SITES.get(lib_site_key(units, ip - lo)) }).copied() else {
+            break;
+        };
+        let cfa = sp.wrapping_add(u64::from(v as u16));
+        let rbp_at = i64::from((v >> 16) as u16 as i16);
+        // SAFETY: reads user memory; a fault returns Err.
+        let Ok(ret) = (unsafe { bpf_probe_read_user((cfa - 8) as *const u64) }) else {
+            break;
+        };
+        if rbp_at != 0 {
+            // SAFETY: as above.
+            match unsafe { bpf_probe_read_user(cfa.wrapping_add_signed(rbp_at) as *const u64) } {
+                Ok(saved) => fp = saved,
+                Err(_) => break,
+            }
+        }
+        if let Some(f) = frames.get_mut(n) {
+            *f = ret;
+        }
+        n += 1;
+        ip = ret;
+        sp = cfa;
+    }
+    (n, fp, sp)
 }
 
 /// Bytes of user stack read at once: at most a page, and never past the
@@ -74,6 +146,7 @@ pub struct WalkBuf {
 #[inline(always)]
 fn walk_in(
     frames: &mut [u64; STACK_DEPTH],
+    mut n: usize,
     mut fp: u64,
     mut lo: u64,
     words: &mut [u64; CHUNK_WORDS],
@@ -84,7 +157,6 @@ fn walk_in(
     // The chunk read last: words [0, len) hold user memory from `base`.
     let mut base = 0u64;
     let mut len = 0u64;
-    let mut n = 1;
     while n < STACK_DEPTH {
         if fp < lo || fp & 7 != 0 {
             return (n, false);
@@ -155,8 +227,17 @@ pub(crate) fn finish(ctx: &RetProbeContext, mut ev: Event, tid: u32, sp: u64) {
     w.generation = w.generation.wrapping_add(1);
     let generation = w.generation;
     w.frames[0] = first;
+    let (n0, fp, lo) = out_of_library(ctx, &mut w.frames, first, fp, lo);
     let mut need = 0;
-    let (n, truncated) = walk_in(&mut w.frames, fp, lo, &mut w.words, w.first_read, &mut need);
+    let (n, truncated) = walk_in(
+        &mut w.frames,
+        n0,
+        fp,
+        lo,
+        &mut w.words,
+        w.first_read,
+        &mut need,
+    );
     w.first_read = next_first_read(w.first_read, need);
     ev.nframes = n as u16;
     if truncated {

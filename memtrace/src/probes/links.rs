@@ -16,10 +16,10 @@ use aya::{
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeError, UProbeLinkId, UProbeScope},
     },
 };
-use memtrace_common::func;
+use memtrace_common::{MAP_LIB_SITES, func, lib_site_key, lib_site_value};
 
 use super::{
-    CXX, LIBC, Planned, multi, plan,
+    CXX, LIBC, Planned, callsites, multi, plan,
     programs::{ENTRY_PROGRAM, LOADER_PROGRAM, Loaded, RET_PROGRAM, UProbes, uprobe},
 };
 
@@ -69,6 +69,7 @@ pub fn attach(
     scope: Scope,
     links: &mut Links,
 ) -> Result<()> {
+    add_lib_sites(loaded, lib, planned);
     let explain = |e: ProgramError, what: &str| explain_attach(e, what, lib);
     match &loaded.uprobes {
         UProbes::Multi {
@@ -247,4 +248,38 @@ pub fn attach_allocators(
         all.extend(planned.into_iter().map(|p| (cxx.to_path_buf(), p)));
     }
     Ok(all)
+}
+
+/// Put the call sites of `lib`'s allocation functions inside `lib` itself
+/// (see `callsites`) in `LIB_SITES`, once per library. A library whose
+/// unwind tables cannot be read only loses those callers: its allocations
+/// still count, with the frames the walk finds.
+fn add_lib_sites(loaded: &mut Loaded, lib: &Path, planned: &[Planned]) {
+    let Some(segment) = planned.first().map(|p| p.segment) else {
+        return;
+    };
+    if !loaded.lib_sites.insert((lib.to_path_buf(), segment.0)) {
+        return;
+    }
+    let names: Vec<&str> = planned.iter().filter(|p| p.ret).map(|p| p.symbol).collect();
+    let Ok(data) = std::fs::read(lib) else {
+        return;
+    };
+    let Ok(sites) = callsites::call_sites(&data, segment.0, &names) else {
+        return;
+    };
+    let Some(map) = loaded.ebpf.map_mut(MAP_LIB_SITES) else {
+        return;
+    };
+    let Ok(mut map) = aya::maps::HashMap::<_, u64, u32>::try_from(map) else {
+        return;
+    };
+    let units = segment.1.div_ceil(256);
+    for s in sites {
+        // Full: the other sites lose their callers, nothing more.
+        let key = lib_site_key(units, s.ra_off);
+        if map.insert(key, lib_site_value(s.cfa, s.rbp_at), 0).is_err() {
+            break;
+        }
+    }
 }

@@ -3,6 +3,7 @@
 //! ([`programs`]), attaching it ([`links`]), and finding the allocators of
 //! running processes ([`discover`]).
 
+mod callsites;
 pub mod discover;
 pub mod elf;
 mod links;
@@ -90,27 +91,12 @@ pub struct Planned {
 }
 
 impl Planned {
-    /// The entry program's cookie: function id (bits 0..16), the stack
-    /// delta (16..24), and where the probe's code segment is (see
-    /// [`code_bits`]).
+    /// The probe's attach cookie (`memtrace_common::probe_cookie`).
     fn cookie(&self) -> u64 {
-        u64::from(self.func) | (self.choice.sp_delta & 0xff) << 16 | code_bits(self)
+        let (seg_off, seg_size) = self.segment;
+        let off = self.file_offset.checked_sub(seg_off).unwrap_or(u64::MAX);
+        memtrace_common::probe_cookie(self.func, self.choice.sp_delta, off, seg_size)
     }
-}
-
-/// Bits 24..64 of a cookie: the probe's offset into its executable segment
-/// (24..44) and the segment's size (44..64), in 16-byte units, so the
-/// program can tell whether an address is in the allocator's code. Zero
-/// when either does not fit (16 MiB).
-fn code_bits(p: &Planned) -> u64 {
-    const LIMIT: u64 = 1 << 20;
-    let (seg_off, seg_size) = p.segment;
-    let off = p.file_offset.saturating_sub(seg_off) / 16;
-    let size = seg_size.div_ceil(16);
-    if off >= LIMIT || size >= LIMIT || p.file_offset < seg_off {
-        return 0;
-    }
-    off << 24 | size << 44
 }
 
 /// Decide where to plant each probe of `specs` in `lib`. Symbols that are

@@ -2,7 +2,7 @@
 //! and its programs loaded (not attached), as `uprobe_multi` programs when
 //! the kernel has them (6.6+), else as aya's perf-event uprobes.
 
-use std::os::fd::OwnedFd;
+use std::{collections::HashSet, os::fd::OwnedFd, path::PathBuf};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{Ebpf, EbpfLoader, programs::UProbe};
@@ -127,7 +127,11 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
             UProbes::Perf
         }
     };
-    Ok(Loaded { ebpf, uprobes })
+    Ok(Loaded {
+        ebpf,
+        uprobes,
+        lib_sites: HashSet::new(),
+    })
 }
 
 /// Room for live sampled blocks: twice what the host's memory could hold
@@ -207,6 +211,9 @@ impl Loaded {
 pub struct Loaded {
     pub ebpf: Ebpf,
     pub uprobes: UProbes,
+    /// Libraries whose call sites are in `LIB_SITES` (path and executable
+    /// segment), so each is read once.
+    pub(super) lib_sites: HashSet<(PathBuf, u64)>,
 }
 
 pub(super) fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe> {
