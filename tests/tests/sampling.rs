@@ -16,6 +16,21 @@ fn outstanding(r: &memtrace_tests::Report, func: &str) -> (u64, u64) {
         })
 }
 
+/// (frames[0] function, outstanding bytes) of every mapping stack.
+fn mmap_stacks(r: &memtrace_tests::Report) -> Vec<(String, u64)> {
+    r.json["stacks"]
+        .as_array()
+        .map(|v| v.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .filter(|s| s["kind"] == "mmap")
+        .map(|s| {
+            let f = s["frames"][0]["function"].as_str().unwrap_or("?");
+            (f.to_string(), s["outstanding_bytes"].as_u64().unwrap_or(0))
+        })
+        .collect()
+}
+
 fn within(got: u64, want: u64, pct: f64) -> bool {
     (got as f64 - want as f64).abs() <= want as f64 * pct / 100.0
 }
@@ -45,37 +60,17 @@ fn estimates_within_ten_percent_at_512k() {
     // Mappings are never sampled: the program's own and its thread's stack,
     // exact; the ones glibc makes inside (mostly unsampled) 1 MiB mallocs,
     // none.
-    let mmaps: Vec<String> = r.json["stacks"]
-        .as_array()
-        .map(|v| v.as_slice())
-        .unwrap_or_default()
-        .iter()
-        .filter(|s| s["kind"] == "mmap")
-        .map(|s| {
-            s["frames"][0]["function"]
-                .as_str()
-                .unwrap_or("?")
-                .to_string()
-        })
-        .collect();
+    let mmaps = mmap_stacks(r);
     assert!(
         mmaps
             .iter()
-            .all(|f| f == "leak_user_mmap" || f.contains("pthread_create")),
+            .all(|(f, _)| f == "leak_user_mmap" || f.contains("pthread_create")),
         "mmap stacks other than the program's: {mmaps:?}"
     );
-    let thread_stack: u64 = r.json["stacks"]
-        .as_array()
-        .map(|v| v.as_slice())
-        .unwrap_or_default()
+    let thread_stack: u64 = mmaps
         .iter()
-        .filter(|s| s["kind"] == "mmap")
-        .filter(|s| {
-            s["frames"][0]["function"]
-                .as_str()
-                .is_some_and(|f| f.contains("pthread_create"))
-        })
-        .map(|s| s["outstanding_bytes"].as_u64().unwrap_or(0))
+        .filter(|(f, _)| f.contains("pthread_create"))
+        .map(|(_, b)| b)
         .sum();
     assert_eq!(
         thread_stack,
