@@ -42,6 +42,9 @@ impl Found {
             let libc = probes::host_libc()?;
             let cxx = probes::find_in_lib_dirs("libstdc++.so.6");
             probes::attach_allocators(loaded, &libc, cxx.as_deref(), Scope::All, links)?;
+            for n in std::mem::take(&mut loaded.notes) {
+                self.discovery.note(n);
+            }
             self.discovery.mark_attached(&libc);
             if let Some(c) = &cxx {
                 self.discovery.mark_attached(c);

@@ -440,7 +440,11 @@ impl Discovery {
                 continue;
             }
             let shown = fd_path.to_string_lossy().into_owned();
-            match super::attach(loaded, &fd_path, &planned, scope, links) {
+            let attached = super::attach(loaded, &fd_path, &planned, scope, links);
+            for n in std::mem::take(&mut loaded.notes) {
+                self.note(n.replace(&shown, &m.path));
+            }
+            match attached {
                 Ok(()) => {
                     n += 1;
                     let entry = format!("{} ({what})", m.path);
@@ -484,7 +488,8 @@ impl Discovery {
         Some(file)
     }
 
-    fn note(&mut self, line: String) {
+    /// A note for the user, once.
+    pub fn note(&mut self, line: String) {
         if !self.notes.contains(&line) {
             self.notes.push(line);
         }

@@ -5,6 +5,7 @@ use std::{
     io,
     num::NonZeroU32,
     os::fd::OwnedFd,
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
 
@@ -252,34 +253,49 @@ pub fn attach_allocators(
 
 /// Put the call sites of `lib`'s allocation functions inside `lib` itself
 /// (see `callsites`) in `LIB_SITES`, once per library. A library whose
-/// unwind tables cannot be read only loses those callers: its allocations
-/// still count, with the frames the walk finds.
+/// sites cannot all be recorded only loses those callers (its allocations
+/// still count, with the frames the walk finds): a note says which.
 fn add_lib_sites(loaded: &mut Loaded, lib: &Path, planned: &[Planned]) {
     let Some(segment) = planned.first().map(|p| p.segment) else {
         return;
     };
-    if !loaded.lib_sites.insert((lib.to_path_buf(), segment.0)) {
+    let names: Vec<&str> = planned.iter().filter(|p| p.ret).map(|p| p.symbol).collect();
+    // By file identity: `lib` is often a /proc/self/fd/N path, whose
+    // number a later, different file may get.
+    let id = std::fs::metadata(lib).map(|m| (m.dev(), m.ino(), segment.0));
+    if names.is_empty() || id.is_ok_and(|id| !loaded.lib_sites.insert(id)) {
         return;
     }
-    let names: Vec<&str> = planned.iter().filter(|p| p.ret).map(|p| p.symbol).collect();
-    let Ok(data) = std::fs::read(lib) else {
-        return;
-    };
-    let Ok(sites) = callsites::call_sites(&data, segment.0, &names) else {
-        return;
-    };
-    let Some(map) = loaded.ebpf.map_mut(MAP_LIB_SITES) else {
-        return;
-    };
-    let Ok(mut map) = aya::maps::HashMap::<_, u64, u32>::try_from(map) else {
-        return;
-    };
+    if let Err(e) = record_lib_sites(&mut loaded.ebpf, lib, segment, &names) {
+        loaded.notes.push(format!(
+            "{}: {e:#}: allocations it makes on the program's behalf show no caller past it",
+            lib.display()
+        ));
+    }
+}
+
+fn record_lib_sites(
+    ebpf: &mut Ebpf,
+    lib: &Path,
+    segment: (u64, u64),
+    names: &[&str],
+) -> Result<()> {
+    let data = std::fs::read(lib).context("reading it")?;
+    let sites = callsites::call_sites(&data, segment.0, names).context("its unwind tables")?;
+    let map = ebpf
+        .map_mut(MAP_LIB_SITES)
+        .ok_or_else(|| anyhow!("eBPF map {MAP_LIB_SITES} missing"))?;
+    let mut map = aya::maps::HashMap::<_, u64, u32>::try_from(map)?;
     let units = segment.1.div_ceil(256);
-    for s in sites {
-        // Full: the other sites lose their callers, nothing more.
+    let total = sites.len();
+    for (i, s) in sites.into_iter().enumerate() {
         let key = lib_site_key(units, s.ra_off);
         if map.insert(key, lib_site_value(s.cfa, s.rbp_at), 0).is_err() {
-            break;
+            bail!(
+                "{MAP_LIB_SITES} is full: {} of its {total} call sites left out",
+                total - i
+            );
         }
     }
+    Ok(())
 }

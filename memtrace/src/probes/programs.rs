@@ -2,7 +2,7 @@
 //! and its programs loaded (not attached), as `uprobe_multi` programs when
 //! the kernel has them (6.6+), else as aya's perf-event uprobes.
 
-use std::{collections::HashSet, os::fd::OwnedFd, path::PathBuf};
+use std::{collections::HashSet, os::fd::OwnedFd};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{Ebpf, EbpfLoader, programs::UProbe};
@@ -131,6 +131,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         ebpf,
         uprobes,
         lib_sites: HashSet::new(),
+        notes: Vec::new(),
     })
 }
 
@@ -211,9 +212,12 @@ impl Loaded {
 pub struct Loaded {
     pub ebpf: Ebpf,
     pub uprobes: UProbes,
-    /// Libraries whose call sites are in `LIB_SITES` (path and executable
-    /// segment), so each is read once.
-    pub(super) lib_sites: HashSet<(PathBuf, u64)>,
+    /// Libraries whose call sites are in `LIB_SITES` (device, inode and
+    /// executable segment), so each is read once.
+    pub(super) lib_sites: HashSet<(u64, u64, u64)>,
+    /// What the user should know about the attach (libraries whose call
+    /// sites could not all be recorded); taken by whoever reports notes.
+    pub notes: Vec<String>,
 }
 
 pub(super) fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe> {
