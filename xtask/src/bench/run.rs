@@ -145,19 +145,8 @@ pub(super) fn run(env: &Env, wl: &Workload, cfg: Config) -> Result<Sample> {
             let mut m = Proc::spawn("memtrace", &mut cmd, false, Sink::Lines, env.log(&log)?)?;
             let exit = m.wait(RUN_TIMEOUT)?;
             check(&mut m, &exit)?;
-            let (work_ns, units) = parse_work(&m.stdout_text())?;
-            let report = read_json(&json)?;
-            let _ = fs::remove_file(&json);
-            let s = |k| report.u64_at(&["summary", k]);
-            Ok(Sample {
-                work_ns,
-                units,
-                events: s("allocations").zip(s("frees")).map(|(a, f)| a + f),
-                lost: s("lost_events"),
-                tracer: None,
-                foreign: false,
-                round: 0,
-            })
+            let work = parse_work(&m.stdout_text())?;
+            report_sample(&json, work, None)
         }
         Config::ReportPid => {
             let json = env.tmp.join(format!("{log}.json"));
@@ -172,22 +161,11 @@ pub(super) fn run(env: &Env, wl: &Workload, cfg: Config) -> Result<Sample> {
             w.release();
             let wexit = w.wait(RUN_TIMEOUT)?;
             check(&mut w, &wexit)?;
-            let (work_ns, units) = parse_work(&w.stdout_text())?;
+            let work = parse_work(&w.stdout_text())?;
             // memtrace stops when the process exits.
             let mexit = m.wait(Duration::from_secs(120))?;
             check(&mut m, &mexit)?;
-            let report = read_json(&json)?;
-            let _ = fs::remove_file(&json);
-            let s = |k| report.u64_at(&["summary", k]);
-            Ok(Sample {
-                work_ns,
-                units,
-                events: s("allocations").zip(s("frees")).map(|(a, f)| a + f),
-                lost: s("lost_events"),
-                tracer: Some((mexit.cpu, mexit.maxrss_bytes)),
-                foreign: false,
-                round: 0,
-            })
+            report_sample(&json, work, Some((mexit.cpu, mexit.maxrss_bytes)))
         }
         Config::SystemWide => {
             let mut w = env.workload(&argv, &log, true)?;
@@ -278,6 +256,27 @@ pub(super) fn run(env: &Env, wl: &Workload, cfg: Config) -> Result<Sample> {
             })
         }
     }
+}
+
+/// A sample from a `memtrace report` JSON file (removed once read) and the
+/// workload's (work_ns, units).
+fn report_sample(
+    json: &Path,
+    (work_ns, units): (u64, u64),
+    tracer: Option<(Duration, u64)>,
+) -> Result<Sample> {
+    let report = read_json(json)?;
+    let _ = fs::remove_file(json);
+    let s = |k| report.u64_at(&["summary", k]);
+    Ok(Sample {
+        work_ns,
+        units,
+        events: s("allocations").zip(s("frees")).map(|(a, f)| a + f),
+        lost: s("lost_events"),
+        tracer,
+        foreign: false,
+        round: 0,
+    })
 }
 
 /// Waits for `memtrace report --pid`'s "attached to PID" line.
