@@ -14,7 +14,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::{
-    FOREIGN_WAIT, HEADLESS_DELAY_MS, bench_dir,
+    ATTACH_TIMEOUT, FOREIGN_WAIT, HEADLESS_DELAY_MS, bench_dir,
     proc::{self, Proc, Sink},
     workloads::python3,
 };
@@ -164,7 +164,10 @@ impl Env {
         Command::new(&self.memtrace)
     }
 
-    pub(super) fn headless(&self) -> Command {
+    /// Starts `memtrace --headless` (system-wide) and returns once its
+    /// probes are planted in `w`, a workload waiting at its gate.
+    pub(super) fn start_headless(&self, w: &Proc, log: &str) -> Result<Proc> {
+        let before = proc::libc_text_anon_kib(w.pid).unwrap_or(0);
         let mut c = self.memtrace();
         c.args([
             "--headless",
@@ -172,7 +175,15 @@ impl Env {
             "--delay",
             &format!("{HEADLESS_DELAY_MS}ms"),
         ]);
-        c
+        let mut m = Proc::spawn(
+            "memtrace --headless",
+            &mut c,
+            false,
+            Sink::Lines,
+            self.log(log)?,
+        )?;
+        proc::wait_planted(w, &mut m, before, ATTACH_TIMEOUT)?;
+        Ok(m)
     }
 
     /// Spawns a workload; with `gate`, returns once it waits at the gate.

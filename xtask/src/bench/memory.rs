@@ -6,9 +6,9 @@ use std::{fs, thread, time::Duration};
 use anyhow::{Context as _, Result, bail};
 
 use super::{
-    ATTACH_TIMEOUT, HEADLESS_DELAY_MS, RUN_TIMEOUT,
+    HEADLESS_DELAY_MS, RUN_TIMEOUT,
     env::Env,
-    proc::{self, Proc, SIGINT, Sink, wait_planted},
+    proc::{self, Proc, SIGINT, Sink},
     run::{attached, check, parse_summary, read_json, summary_row},
     table::mib,
 };
@@ -91,15 +91,7 @@ fn hold_once(env: &Env, n: u64, system_wide: bool) -> Result<u64> {
             .context("the workload did not report holding its blocks")
     };
     if system_wide {
-        let before = proc::libc_text_anon_kib(w.pid).unwrap_or(0);
-        let mut m = Proc::spawn(
-            "memtrace --headless",
-            &mut env.headless(),
-            false,
-            Sink::Lines,
-            env.log(&log)?,
-        )?;
-        wait_planted(&w, &mut m, before, ATTACH_TIMEOUT)?;
+        let mut m = env.start_headless(&w, &log)?;
         w.release();
         held(&mut w)?;
         // Two dashboard refreshes with the blocks outstanding.

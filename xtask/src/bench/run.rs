@@ -169,15 +169,7 @@ pub(super) fn run(env: &Env, wl: &Workload, cfg: Config) -> Result<Sample> {
         }
         Config::SystemWide => {
             let mut w = env.workload(&argv, &log, true)?;
-            let before = proc::libc_text_anon_kib(w.pid).unwrap_or(0);
-            let mut m = Proc::spawn(
-                "memtrace --headless",
-                &mut env.headless(),
-                false,
-                Sink::Lines,
-                env.log(&log)?,
-            )?;
-            wait_planted(&w, &mut m, before, ATTACH_TIMEOUT)?;
+            let mut m = env.start_headless(&w, &log)?;
             w.release();
             let wexit = w.wait(RUN_TIMEOUT)?;
             check(&mut w, &wexit)?;
