@@ -226,7 +226,8 @@ pub struct Inflight {
     /// realloc: old pointer; posix_memalign: `memptr`; mremap: old address;
     /// mmap: flags.
     pub arg0: u64,
-    /// mremap: old length.
+    /// mremap: old length. Once the return probe took the record (`sp`
+    /// 0): the stack pointer it returned at.
     pub arg1: u64,
 }
 const _: () = assert!(size_of::<Inflight>() == 40);

@@ -7,7 +7,7 @@ use memtrace_common::{Counter, func, kind};
 use crate::{
     calls::{RET_SP_DELTA, current, hash_remove, hashed, regs_sp, slot},
     maps::{SAMPLE_BYTES, bump, global_u64},
-    ring::{emit, event},
+    ring::{emit, event, put},
     sampling::{remember_sampled, sampled_realloc},
     stack::finish,
 };
@@ -16,6 +16,17 @@ use crate::{
 #[inline(always)]
 fn is_err_ptr(v: u64) -> bool {
     v > u64::MAX - 4095
+}
+
+/// Whether a return without a recorded entry is the second return probe
+/// of one return: an allocator function that tail-jumps to another
+/// (glibc's realloc(NULL, n) to malloc, reallocarray to realloc) returns
+/// once through both return probes, innermost first, at the same stack
+/// pointer. The first took the record (the outer call's was overwritten by
+/// the inner one's, at the same stack pointer) and left that stack pointer.
+#[inline(always)]
+fn tail_called(tid: u32, sp: u64) -> bool {
+    slot(tid).is_some_and(|s| s.tid == tid && s.sp == 0 && s.arg1 == sp)
 }
 
 /// The one return probe of every allocator function.
@@ -39,6 +50,9 @@ pub(crate) fn return_probe(ctx: &RetProbeContext) -> u32 {
             }
             let rec = *s;
             s.sp = 0;
+            // Where it returned, for a second return probe on the same
+            // return (see `tail_called`).
+            put(&mut s.arg1, sp);
             rec
         }
         _ => match hashed(tid) {
@@ -50,7 +64,9 @@ pub(crate) fn return_probe(ctx: &RetProbeContext) -> u32 {
                 h
             }
             None => {
-                bump(Counter::ReturnWithoutEntry);
+                if !tail_called(tid, sp) {
+                    bump(Counter::ReturnWithoutEntry);
+                }
                 return 0;
             }
         },

@@ -168,6 +168,17 @@ pub fn report_errors_for(s: &Scenario, r: &Report, mode: Mode, image: &Path) -> 
                     s.max_untracked_frees
                 ));
             }
+            // A launched command is traced from its first call: every
+            // return has its entry (tail calls between allocator
+            // functions included, as realloc(NULL, n) to malloc).
+            let notes = r.json["notes"].as_array().cloned().unwrap_or_default();
+            if let Some(n) = notes
+                .iter()
+                .filter_map(|n| n.as_str())
+                .find(|n| n.contains("no recorded entry"))
+            {
+                errs.push(format!("a -- CMD run noted {n:?}"));
+            }
         }
         Mode::Pid { pid, exited } => {
             if r.pid() != u64::from(pid) {
