@@ -95,9 +95,23 @@ pub const MAP_COUNTERS: &str = "COUNTERS";
 
 /// Global: tgid of memtrace itself; its own allocations are never traced.
 pub const GLOBAL_SELF_TGID: &str = "SELF_TGID";
-/// Global: when nonzero, the eBPF programs return at once (the overhead
-/// "floor" configuration of `cargo xtask bench`).
+/// Global: [`floor`] mode: whether the eBPF programs return at once (the
+/// overhead "floor" configuration of `cargo xtask bench`).
 pub const GLOBAL_FLOOR_ONLY: &str = "FLOOR_ONLY";
+/// Name of the one-word array that switches the programs between the floor
+/// and tracing in [`floor::PHASED`] mode (nonzero: the floor).
+pub const MAP_PHASE: &str = "PHASE";
+
+/// Values of [`GLOBAL_FLOOR_ONLY`].
+pub mod floor {
+    /// Trace.
+    pub const OFF: u32 = 0;
+    /// Return at once: only the uprobe traps cost.
+    pub const ON: u32 = 1;
+    /// As [`super::MAP_PHASE`] says, switched at run time: the benchmark
+    /// measures both within one run.
+    pub const PHASED: u32 = 2;
+}
 /// Global: the highest thread id with a slot in [`MAP_THREADS`].
 pub const GLOBAL_THREAD_LAST: &str = "THREAD_LAST";
 /// Global: when nonzero, process events (exec/exit) are only emitted for the

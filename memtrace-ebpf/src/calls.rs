@@ -19,7 +19,7 @@ use memtrace_common::{Counter, Inflight, func};
 
 use crate::{
     maps::{
-        CXX_CTX, CXX_SEEN, FLOOR_ONLY, HASH_USED, INFLIGHT, SELF_TGID, THREAD_LAST, THREADS, bump,
+        CXX_CTX, CXX_SEEN, HASH_USED, INFLIGHT, SELF_TGID, THREAD_LAST, THREADS, bump, floor_now,
         global_u32,
     },
     ring::put,
@@ -37,7 +37,7 @@ pub(crate) const RET_SP_DELTA: u64 = 8;
 /// the floor-only configuration is on.
 #[inline(always)]
 pub(crate) fn current() -> Option<(u32, u32)> {
-    if global_u32(&FLOOR_ONLY) != 0 {
+    if floor_now() {
         return None;
     }
     let id = bpf_get_current_pid_tgid();

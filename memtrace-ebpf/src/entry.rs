@@ -9,7 +9,7 @@ use memtrace_common::{Counter, CxxCtx, Event, func, kind};
 
 use crate::{
     calls::{Call, arg, current, enter, nested, regs_sp},
-    maps::{CXX_CTX, CXX_SEEN, FLOOR_ONLY, SAMPLE_BYTES, bump, global_u32, global_u64},
+    maps::{CXX_CTX, CXX_SEEN, SAMPLE_BYTES, bump, floor_now, global_u64},
     ret::return_probe,
     ring::emit,
     sampling::{maybe_sampled, unsample},
@@ -23,7 +23,7 @@ use crate::{
 /// `sub $n, %rsp`, that `n` (bits 16..24).
 #[uprobe]
 pub fn alloc_enter(ctx: ProbeContext) -> u32 {
-    if global_u32(&FLOOR_ONLY) != 0 {
+    if floor_now() {
         return 0;
     }
     let _ = entry(&ctx, 0);
@@ -36,7 +36,7 @@ pub fn alloc_enter(ctx: ProbeContext) -> u32 {
 /// read). Mallocs are most of the allocations.
 #[uprobe]
 pub fn malloc_enter(ctx: ProbeContext) -> u32 {
-    if global_u32(&FLOOR_ONLY) != 0 {
+    if floor_now() {
         return 0;
     }
     let call = Call {
@@ -57,7 +57,7 @@ pub fn malloc_enter(ctx: ProbeContext) -> u32 {
 /// dispatching on it. Frees are half of all allocator calls.
 #[uprobe]
 pub fn free_enter(ctx: ProbeContext) -> u32 {
-    if global_u32(&FLOOR_ONLY) != 0 {
+    if floor_now() {
         return 0;
     }
     let _ = release(&ctx, kind::FREE, func::FREE);
@@ -77,7 +77,7 @@ pub extern "C" fn alloc_session(ctx: *mut core::ffi::c_void) -> u32 {
 
 #[inline(always)]
 pub(crate) fn session(ctx: ProbeContext) -> u32 {
-    if global_u32(&FLOOR_ONLY) != 0 {
+    if floor_now() {
         // The floor of sampling: only the traps no call can avoid.
         return 1;
     }

@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use memtrace_common::{
-    COUNTER_COUNT, Counter, CxxCtx, Inflight, LIB_SITES_MAX, SAMPLED_LANE_WORDS, SampledKey,
+    COUNTER_COUNT, Counter, CxxCtx, Inflight, LIB_SITES_MAX, SAMPLED_LANE_WORDS, SampledKey, floor,
 };
 
 use crate::stack::WalkBuf;
@@ -60,6 +60,10 @@ pub(crate) static LIB_SITES: HashMap<u64, u32> = HashMap::with_max_entries(LIB_S
 #[map(name = "WALK")]
 pub(crate) static WALK: PerCpuArray<WalkBuf> = PerCpuArray::with_max_entries(1, 0);
 
+/// The floor's switch in phased mode (`memtrace_common::floor::PHASED`).
+#[map(name = "PHASE")]
+static PHASE: Array<u32> = Array::with_max_entries(1, 0);
+
 /// Loss and activity counters, indexed by [`Counter`].
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
@@ -69,7 +73,7 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT,
 pub(crate) static SELF_TGID: u32 = 0;
 
 #[unsafe(no_mangle)]
-pub(crate) static FLOOR_ONLY: u32 = 0;
+static FLOOR_ONLY: u32 = 0;
 
 #[unsafe(no_mangle)]
 pub(crate) static TARGET_TGID: u32 = 0;
@@ -91,6 +95,18 @@ pub(crate) static mut HASH_USED: u32 = 0;
 /// Mean bytes between samples; 0: every allocation is traced.
 #[unsafe(no_mangle)]
 pub(crate) static SAMPLE_BYTES: u64 = 0;
+
+/// Whether the programs return at once (the overhead floor). The mode is a
+/// constant of the loaded program, so the verifier prunes the branches of
+/// the others: only the benchmark's phased mode reads `PHASE`.
+#[inline(always)]
+pub(crate) fn floor_now() -> bool {
+    match global_u32(&FLOOR_ONLY) {
+        floor::OFF => false,
+        floor::ON => true,
+        _ => PHASE.get(0).is_some_and(|v| *v != 0),
+    }
+}
 
 #[inline(always)]
 pub(crate) fn global_u32(g: &'static u32) -> u32 {

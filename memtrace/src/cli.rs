@@ -95,6 +95,18 @@ pub struct Tuning {
     #[arg(long, hide = true, global = true)]
     pub floor: bool,
 
+    /// Switch the probe programs between the floor and tracing every
+    /// 100 ms, logging each switch to FILE (`cargo xtask bench`; `report`
+    /// only, whose numbers are then meaningless).
+    #[arg(
+        long,
+        hide = true,
+        global = true,
+        value_name = "FILE",
+        conflicts_with = "floor"
+    )]
+    pub floor_phases: Option<PathBuf>,
+
     /// Ring buffer size in bytes (a power of two, multiple of the page size).
     #[arg(long, hide = true, global = true, default_value_t = 16 << 20)]
     pub ring_bytes: u32,

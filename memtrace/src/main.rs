@@ -13,6 +13,7 @@ mod ebpf_log;
 mod fastmap;
 mod launch;
 mod output;
+mod phases;
 mod probes;
 mod procmaps;
 mod report;

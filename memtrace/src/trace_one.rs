@@ -15,6 +15,7 @@ use crate::{
     collect::Collector,
     launch::{self, ChildState},
     output::Output,
+    phases::Phases,
     probes::{
         self, LoadOptions,
         discover::{self, Discovery},
@@ -196,7 +197,11 @@ async fn trace(
     };
     let opts = LoadOptions {
         target_tgid: pid,
-        floor_only: tuning.floor,
+        floor: match (tuning.floor, &tuning.floor_phases) {
+            (_, Some(_)) => memtrace_common::floor::PHASED,
+            (true, None) => memtrace_common::floor::ON,
+            (false, None) => memtrace_common::floor::OFF,
+        },
         ring_bytes: tuning.ring_bytes,
         sample_bytes: tuning.sample_bytes.unwrap_or(0),
     };
@@ -230,6 +235,10 @@ async fn trace(
     });
     tracker.set_sample_bytes(tuning.sample_bytes.unwrap_or(0));
     let mut col = Collector::new(&mut loaded.ebpf, tracker)?;
+    let mut phases = match &tuning.floor_phases {
+        Some(path) => Some(Phases::start(&mut loaded.ebpf, path.clone())?),
+        None => None,
+    };
 
     let mut sigint = signal(SignalKind::interrupt()).context("installing signal handlers")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing signal handlers")?;
@@ -261,6 +270,9 @@ async fn trace(
             _ = sighup.recv() => interrupts += 1,
         }
         messages.flush();
+        if let Some(p) = &mut phases {
+            p.tick()?;
+        }
         ticks = ticks.wrapping_add(1);
         if ticks.is_multiple_of(64) {
             // The name changes only at exec: every ~128 ms is plenty (and
@@ -331,6 +343,9 @@ async fn trace(
         }
     };
     let traced_for = started.elapsed();
+    if let Some(p) = phases {
+        p.finish()?;
+    }
     col.drain();
     if !exited {
         col.resolve_new_stacks();

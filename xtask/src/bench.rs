@@ -19,6 +19,7 @@ mod env;
 mod figures;
 mod json;
 mod memory;
+mod phased;
 mod proc;
 mod report;
 mod run;
@@ -40,6 +41,7 @@ use anyhow::{Context as _, Result, bail};
 use self::{
     env::prepare,
     memory::outstanding_memory,
+    phased::phased,
     report::{Rendering, machine, render},
     run::{Cell, run},
     symbolization::symbolization,
@@ -112,7 +114,7 @@ pub fn bench(ctx: &Ctx, args: &[String]) -> Result<()> {
     let n_configs = CONFIGS.len();
     if ctx.dry_run {
         say!(
-            "bench: would run {} rounds of {} workloads × {n_configs} configurations, then the memory and symbolization runs",
+            "bench: would run {} rounds of {} workloads × {n_configs} configurations, then the memory, symbolization and phased-floor runs",
             opts.rounds,
             workloads.len()
         );
@@ -199,6 +201,12 @@ pub fn bench(ctx: &Ctx, args: &[String]) -> Result<()> {
     let held = if opts.quick { 200_000 } else { 1_000_000 };
     let memory = outstanding_memory(&env, held, extra_rounds);
     let stacks = symbolization(&env, extra_rounds);
+    // The untraced tight loop's time per pair (its units are calls).
+    let untraced_pp = cells
+        .get(&(0, Config::Untraced))
+        .and_then(|c| table::median(c.used().iter().map(|s| 2.0 * s.per_unit())))
+        .unwrap_or(0.0);
+    let phased = phased(&env, opts.quick, extra_rounds, untraced_pp);
     let load_after = loadavg();
     let others = others_cpu(host_before);
 
@@ -211,6 +219,7 @@ pub fn bench(ctx: &Ctx, args: &[String]) -> Result<()> {
         memory: &memory,
         held,
         stacks: &stacks,
+        phased: &phased,
         load: (load_before, load_after),
         others,
         elapsed: started.elapsed(),

@@ -66,9 +66,12 @@ struct Tracing {
 }
 
 fn attach(args: &DashboardArgs, tuning: &Tuning) -> Result<Tracing> {
+    if tuning.floor_phases.is_some() {
+        bail!("--floor-phases works with `memtrace report` only");
+    }
     let opts = LoadOptions {
         target_tgid: 0,
-        floor_only: tuning.floor,
+        floor: u32::from(tuning.floor),
         ring_bytes: tuning.ring_bytes,
         sample_bytes: tuning.sample_bytes.unwrap_or(0),
     };

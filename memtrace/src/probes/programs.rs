@@ -29,8 +29,9 @@ pub(super) const LOADER_PROGRAM: &str = "loader_stop";
 pub struct LoadOptions {
     /// Only emit exec/exit events for this process (0: all).
     pub target_tgid: u32,
-    /// Programs return at once (the overhead floor).
-    pub floor_only: bool,
+    /// Whether programs return at once (the overhead floor):
+    /// `memtrace_common::floor::*`.
+    pub floor: u32,
     pub ring_bytes: u32,
     /// Mean bytes between samples (0: trace every allocation).
     pub sample_bytes: u64,
@@ -40,7 +41,7 @@ impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             target_tgid: 0,
-            floor_only: false,
+            floor: memtrace_common::floor::OFF,
             ring_bytes: 16 << 20,
             sample_bytes: 0,
         }
@@ -50,7 +51,7 @@ impl Default for LoadOptions {
 /// Load the eBPF object with `opts` and load (not attach) its programs.
 pub fn load(opts: &LoadOptions) -> Result<Loaded> {
     let self_tgid = std::process::id();
-    let floor = u32::from(opts.floor_only);
+    let floor = opts.floor;
     let target = opts.target_tgid;
     let sample = opts.sample_bytes;
     let log_level = crate::ebpf_log::level();

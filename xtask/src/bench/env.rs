@@ -78,7 +78,7 @@ pub(super) fn prepare(ctx: &Ctx, memtrace: PathBuf) -> Result<Env> {
     let memtrace = copy;
     let src = ctx.root.join("xtask/bench");
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-    for name in ["tight", "mixed", "hold", "stacks"] {
+    for name in ["tight", "laps", "mixed", "hold", "stacks"] {
         let cmd = ctx
             .cmd(cc.clone())
             .args(["-O2", "-g", "-fno-omit-frame-pointer", "-pthread", "-Wall"])
