@@ -2,11 +2,11 @@
 
 use aya_ebpf::{helpers::bpf_probe_read_user, macros::uretprobe, programs::RetProbeContext};
 use aya_log_ebpf::warn;
-use memtrace_common::{Counter, func, kind};
+use memtrace_common::{Counter, Inflight, func, kind};
 
 use crate::{
     calls::{RET_SP_DELTA, current, hash_remove, hashed, regs_sp, slot},
-    maps::{SAMPLE_BYTES, bump, global_u64},
+    maps::{INFLIGHT, SAMPLE_BYTES, bump, global_u64},
     ring::{emit, event, put},
     sampling::{remember_sampled, sampled_realloc},
     stack::finish,
@@ -56,12 +56,29 @@ pub(crate) fn return_probe(ctx: &RetProbeContext) -> u32 {
             rec
         }
         _ => match hashed(tid) {
-            Some(h) => {
+            Some(h) if h.sp != 0 => {
                 if h.sp.wrapping_add(RET_SP_DELTA) != sp {
                     return 0;
                 }
-                hash_remove(tid);
+                // Kept, taken, as in the slot: the element stays until the
+                // thread's next call or its exit.
+                let taken = Inflight {
+                    sp: 0,
+                    arg1: sp,
+                    ..h
+                };
+                if INFLIGHT.insert(tid, taken, 0).is_err() {
+                    hash_remove(tid);
+                }
                 h
+            }
+            Some(h) => {
+                // A taken record: the second return probe of a tail call
+                // returns where the first did.
+                if h.arg1 != sp {
+                    bump(Counter::ReturnWithoutEntry);
+                }
+                return 0;
             }
             None => {
                 if !tail_called(tid, sp) {
