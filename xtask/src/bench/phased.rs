@@ -15,8 +15,9 @@ use super::{
     RUN_TIMEOUT,
     env::Env,
     proc::{Proc, Sink},
+    report::{na, opt},
     run::check,
-    table::{Md, median, percent, thousands},
+    table::{Md, median, percent, sig3, thousands},
     workloads::SAMPLE_BYTES,
 };
 use crate::ctx::say;
@@ -97,9 +98,9 @@ impl Phased {
                 Ok(f) => t.row(vec![
                     label.into(),
                     thousands(f.ratios.len() as u64),
-                    ns(median(f.floor_pp.iter().copied())),
-                    ns(median(f.trace_pp.iter().copied())),
-                    f.median().map_or_else(|| "—".into(), percent),
+                    opt(median(f.floor_pp.iter().copied()), ns),
+                    opt(median(f.trace_pp.iter().copied()), ns),
+                    opt(f.median(), percent),
                     f.quartiles().map_or_else(
                         || "—".into(),
                         |(a, b)| format!("{} … {}", percent(a), percent(b)),
@@ -107,10 +108,7 @@ impl Phased {
                 ]),
                 Err(e) => t.row(vec![
                     label.into(),
-                    format!(
-                        "n/a ({})",
-                        e.chars().take(70).collect::<String>().replace('|', "/")
-                    ),
+                    na(e),
                     "—".into(),
                     "—".into(),
                     "—".into(),
@@ -123,11 +121,8 @@ impl Phased {
     }
 }
 
-fn ns(x: Option<f64>) -> String {
-    x.map_or_else(
-        || "—".into(),
-        |v| format!("{} ns", thousands(v.round() as u64)),
-    )
+fn ns(x: f64) -> String {
+    format!("{} ns", sig3(x))
 }
 
 /// Run both comparisons `runs` times; `untraced_pp`: the untraced tight

@@ -34,7 +34,7 @@ pub(super) struct Rendering<'a> {
 }
 
 /// `n/a (reason)`, the reason cut short.
-fn na(reason: &str) -> String {
+pub(super) fn na(reason: &str) -> String {
     let mut r: String = reason.chars().take(70).collect();
     if r.len() < reason.len() {
         r.push('…');
@@ -42,7 +42,7 @@ fn na(reason: &str) -> String {
     format!("n/a ({})", r.replace('|', "/"))
 }
 
-fn opt(x: Option<f64>, f: impl Fn(f64) -> String) -> String {
+pub(super) fn opt(x: Option<f64>, f: impl Fn(f64) -> String) -> String {
     x.map_or_else(|| "—".into(), f)
 }
 
