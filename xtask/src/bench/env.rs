@@ -186,6 +186,26 @@ impl Env {
         Ok(m)
     }
 
+    /// Starts `memtrace report --pid` on `w`, a workload waiting at its
+    /// gate, writing its JSON report to `json`; returns once it says it
+    /// attached.
+    pub(super) fn start_report_pid(&self, w: &Proc, json: &Path, log: &str) -> Result<Proc> {
+        let mut cmd = self.memtrace();
+        cmd.args(["report", "--pid", &w.pid.to_string()])
+            .args(["--format", "json", "-o"])
+            .arg(json);
+        let mut m = Proc::spawn("memtrace", &mut cmd, false, Sink::Null, self.log(log)?)?;
+        if m.wait_stderr(&|l| l.contains("attached to PID"), ATTACH_TIMEOUT)
+            .is_some()
+        {
+            return Ok(m);
+        }
+        if let Some(exit) = m.try_wait()? {
+            bail!("{}", m.failure(&exit));
+        }
+        bail!("memtrace did not attach within {ATTACH_TIMEOUT:?}")
+    }
+
     /// Spawns a workload; with `gate`, returns once it waits at the gate.
     pub(super) fn workload(&self, argv: &[String], log: &str, gate: bool) -> Result<Proc> {
         let mut cmd = command(argv);

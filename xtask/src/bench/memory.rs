@@ -8,8 +8,8 @@ use anyhow::{Context as _, Result, bail};
 use super::{
     HEADLESS_DELAY_MS, RUN_TIMEOUT,
     env::Env,
-    proc::{self, Proc, SIGINT, Sink},
-    run::{attached, check, parse_summary, read_json, summary_row},
+    proc::{self, Proc, SIGINT},
+    run::{check, parse_summary, read_json, summary_row},
     table::mib,
 };
 use crate::ctx::say;
@@ -112,12 +112,7 @@ fn hold_once(env: &Env, n: u64, system_wide: bool) -> Result<u64> {
         Ok(exit.maxrss_bytes)
     } else {
         let json = env.tmp.join(format!("{log}.json"));
-        let mut cmd = env.memtrace();
-        cmd.args(["report", "--pid", &w.pid.to_string()])
-            .args(["--format", "json", "-o"])
-            .arg(&json);
-        let mut m = Proc::spawn("memtrace", &mut cmd, false, Sink::Null, env.log(&log)?)?;
-        attached(&mut m)?;
+        let mut m = env.start_report_pid(&w, &json, &log)?;
         w.release();
         held(&mut w)?;
         thread::sleep(Duration::from_millis(300));

@@ -152,12 +152,7 @@ pub(super) fn run(env: &Env, wl: &Workload, cfg: Config) -> Result<Sample> {
             let json = env.tmp.join(format!("{log}.json"));
             let _ = fs::remove_file(&json);
             let mut w = env.workload(&argv, &log, true)?;
-            let mut cmd = env.memtrace();
-            cmd.args(["report", "--pid", &w.pid.to_string()])
-                .args(["--format", "json", "-o"])
-                .arg(&json);
-            let mut m = Proc::spawn("memtrace", &mut cmd, false, Sink::Null, env.log(&log)?)?;
-            attached(&mut m)?;
+            let mut m = env.start_report_pid(&w, &json, &log)?;
             w.release();
             let wexit = w.wait(RUN_TIMEOUT)?;
             check(&mut w, &wexit)?;
@@ -269,17 +264,4 @@ fn report_sample(
         foreign: false,
         round: 0,
     })
-}
-
-/// Waits for `memtrace report --pid`'s "attached to PID" line.
-pub(super) fn attached(m: &mut Proc) -> Result<()> {
-    if m.wait_stderr(&|l| l.contains("attached to PID"), ATTACH_TIMEOUT)
-        .is_some()
-    {
-        return Ok(());
-    }
-    if let Some(exit) = m.try_wait()? {
-        bail!("{}", m.failure(&exit));
-    }
-    bail!("memtrace did not attach within {ATTACH_TIMEOUT:?}")
 }
