@@ -85,6 +85,28 @@ pub const fn lib_site_value(cfa: u16, rbp_at: i16) -> u32 {
     cfa as u32 | (rbp_at as u16 as u32) << 16
 }
 
+/// Name of the one-entry array saying where the traced process's own
+/// executable code lies, when that executable has call sites in
+/// [`MAP_LIB_SITES`] (built without frame pointers): [`ExeCode`].
+pub const MAP_EXE_CODE: &str = "EXE_CODE";
+
+/// Where a process's executable segment is mapped, and the key of its
+/// call sites in [`MAP_LIB_SITES`]. All zero: none.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExeCode {
+    /// The process.
+    pub tgid: u32,
+    pub _pad: u32,
+    /// The segment's first byte in memory (its `p_vaddr` relocated).
+    pub lo: u64,
+    /// Its end.
+    pub hi: u64,
+    /// Its size in 256-byte units: the high half of its sites' keys.
+    pub units: u64,
+}
+const _: () = assert!(size_of::<ExeCode>() == 32);
+
 /// Global: mean bytes between samples (0: trace every allocation).
 pub const GLOBAL_SAMPLE_BYTES: &str = "SAMPLE_BYTES";
 /// Name of the per-thread array of allocator calls in progress (indexed by
@@ -304,6 +326,8 @@ mod pod {
     unsafe impl aya::Pod for super::Event {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SampledKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ExeCode {}
     // SAFETY: as above.
     unsafe impl<const N: usize> aya::Pod for super::Record<N> {}
 }

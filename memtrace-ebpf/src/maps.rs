@@ -6,7 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use memtrace_common::{
-    COUNTER_COUNT, Counter, CxxCtx, Inflight, LIB_SITES_MAX, SAMPLED_LANE_WORDS, SampledKey, floor,
+    COUNTER_COUNT, Counter, CxxCtx, ExeCode, Inflight, LIB_SITES_MAX, SAMPLED_LANE_WORDS,
+    SampledKey, floor,
 };
 
 use crate::stack::WalkBuf;
@@ -55,6 +56,11 @@ pub(crate) static SAMPLER: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0
 /// library's `.eh_frame` (see `stack::out_of_library`).
 #[map(name = "LIB_SITES")]
 pub(crate) static LIB_SITES: HashMap<u64, u32> = HashMap::with_max_entries(LIB_SITES_MAX, 0);
+
+/// Where the traced process's executable code lies when it has call sites
+/// in `LIB_SITES` (see `stack::out_of_exe`); set by userspace.
+#[map(name = "EXE_CODE")]
+pub(crate) static EXE_CODE: Array<ExeCode> = Array::with_max_entries(1, 0);
 
 /// Per-CPU scratch for the stack walk: the page of user stack being read.
 #[map(name = "WALK")]

@@ -14,7 +14,7 @@ use memtrace_common::{
 
 use crate::{
     calls::code_range,
-    maps::{CXX_CTX, CXX_SEEN, EVENTS, LIB_SITES, WALK, bump},
+    maps::{CXX_CTX, CXX_SEEN, EVENTS, EXE_CODE, LIB_SITES, WALK, bump},
     ring::{emit, now, put_event},
 };
 
@@ -49,12 +49,9 @@ const LIBRARY_REGION: u64 = 0x6000_0000_0000;
 
 /// Step out of the allocator library's own functions that made this
 /// allocation (strdup, asprintf, getline): they keep no frame pointer, so
-/// the walk from the frame pointer would miss their callers. Each call site
-/// in the library is in `LIB_SITES` with its frame's layout (from
-/// `.eh_frame`); one or two reads per level give the function's return
-/// address and its caller's saved frame pointer. Fills `frames[1..]` and
-/// returns how many frames are set, and the frame pointer and stack bound
-/// to walk on from.
+/// the walk from the frame pointer would miss their callers. Fills
+/// `frames[1..]` and returns how many frames are set, and the frame pointer
+/// and stack bound to walk on from.
 #[inline(always)]
 fn out_of_library(
     ctx: &RetProbeContext,
@@ -76,15 +73,74 @@ fn out_of_library(
         )
     };
     let (lo, hi) = code_range(func_ip, cookie);
-    let units = cookie >> 48;
-    let (mut ip, mut fp, mut sp) = (ip, fp, sp);
-    let mut n = 1;
+    let code = Code {
+        lo,
+        hi,
+        units: cookie >> 48,
+    };
+    step_out(&code, frames, 1, ip, fp, sp)
+}
+
+/// Step out of the traced program's own functions that keep no frame
+/// pointer (Rust's `RawVec::finish_grow` and the growth functions around
+/// it, a C program's malloc wrappers built with `-O2`), when userspace
+/// found call sites in its executable: as `out_of_library`, from frame `n`
+/// whose return address is `ip`.
+#[inline(always)]
+fn out_of_exe(
+    tgid: u32,
+    frames: &mut [u64; STACK_DEPTH],
+    n: usize,
+    fp: u64,
+    sp: u64,
+) -> (usize, u64, u64) {
+    let Some(exe) = EXE_CODE.get(0) else {
+        return (n, fp, sp);
+    };
+    let Some(&ip) = frames.get(n.wrapping_sub(1)) else {
+        return (n, fp, sp);
+    };
+    if exe.tgid != tgid || ip < exe.lo || ip >= exe.hi {
+        return (n, fp, sp);
+    }
+    let code = Code {
+        lo: exe.lo,
+        hi: exe.hi,
+        units: exe.units,
+    };
+    step_out(&code, frames, n, ip, fp, sp)
+}
+
+/// An executable segment with call sites in `LIB_SITES`.
+struct Code {
+    lo: u64,
+    hi: u64,
+    /// Its size in 256-byte units: the high half of its sites' keys.
+    units: u64,
+}
+
+/// Each call site in `code` is in `LIB_SITES` with its frame's layout (from
+/// `.eh_frame`); one or two reads per level give the function's return
+/// address and its caller's saved frame pointer. `ip` is the return
+/// address of frame `n - 1`; fills `frames[n..]` and returns how many
+/// frames are set, and the frame pointer and stack bound to walk on from.
+#[inline(always)]
+fn step_out(
+    code: &Code,
+    frames: &mut [u64; STACK_DEPTH],
+    n: usize,
+    ip: u64,
+    fp: u64,
+    sp: u64,
+) -> (usize, u64, u64) {
+    let (mut ip, mut fp, mut sp, mut n) = (ip, fp, sp, n);
     for _ in 0..LIB_DEPTH {
-        if ip < lo || ip >= hi {
+        if ip < code.lo || ip >= code.hi {
             break;
         }
         // SAFETY: copied out at once.
-        let Some(v) = (unsafe { LIB_SITES.get(lib_site_key(units, ip - lo)) }).copied() else {
+        let Some(v) = (unsafe { LIB_SITES.get(lib_site_key(code.units, ip - code.lo)) }).copied()
+        else {
             break;
         };
         let cfa = sp.wrapping_add(u64::from(v as u16));
@@ -100,8 +156,9 @@ fn out_of_library(
                 Err(_) => break,
             }
         }
-        if let Some(f) = frames.get_mut(n) {
-            *f = ret;
+        match frames.get_mut(n) {
+            Some(f) => *f = ret,
+            None => break,
         }
         n += 1;
         ip = ret;
@@ -228,6 +285,7 @@ pub(crate) fn finish(ctx: &RetProbeContext, mut ev: Event, tid: u32, sp: u64) {
     let generation = w.generation;
     w.frames[0] = first;
     let (n0, fp, lo) = out_of_library(ctx, &mut w.frames, first, fp, lo);
+    let (n0, fp, lo) = out_of_exe(ev.tgid, &mut w.frames, n0, fp, lo);
     let mut need = 0;
     let (n, truncated) = walk_in(
         &mut w.frames,

@@ -50,6 +50,11 @@ impl Snapshot {
         Self { maps }
     }
 
+    /// The executable file mappings, by address.
+    pub fn mappings(&self) -> &[Mapping] {
+        &self.maps
+    }
+
     pub fn is_empty(&self) -> bool {
         self.maps.is_empty()
     }

@@ -112,6 +112,8 @@ struct Allocators {
     loader: bool,
     signature: std::collections::HashSet<discover::FileId>,
     last_scan: Instant,
+    /// Whether the executable's call sites were looked for (once per image).
+    exe_sites: bool,
 }
 
 impl Allocators {
@@ -123,6 +125,7 @@ impl Allocators {
             loader,
             signature: Default::default(),
             last_scan: Instant::now(),
+            exe_sites: false,
         })
     }
 
@@ -132,7 +135,8 @@ impl Allocators {
         self.last_scan = Instant::now();
         self.signature = discover::signature(pid).unwrap_or_default();
         let loader = self.loader.then_some(self.pid);
-        self.discovery
+        let n = self
+            .discovery
             .scan(
                 loaded,
                 pid,
@@ -140,13 +144,29 @@ impl Allocators {
                 loader,
                 &mut self.links,
             )
-            .with_context(|| format!("reading the memory map of PID {pid}"))
+            .with_context(|| format!("reading the memory map of PID {pid}"))?;
+        if !self.exe_sites {
+            self.exe_sites = true;
+            match probes::add_exe_sites(loaded, pid) {
+                Ok(0) => {}
+                Ok(n) => self.discovery.note(format!(
+                    "the executable keeps no frame pointers: stacks step out of its \
+                     allocating functions by its unwind tables ({n} call sites)"
+                )),
+                Err(e) if crate::procmaps::alive(pid) => self.discovery.note(format!(
+                    "{e:#}: the callers of its functions without frame pointers may be missing"
+                )),
+                Err(_) => {}
+            }
+        }
+        Ok(n)
     }
 
     /// Start afresh: the process exec'd (links of the old image detached).
     fn rescan_after_exec(&mut self, loaded: &mut probes::Loaded) -> Result<()> {
         std::mem::take(&mut self.links).detach(&mut loaded.ebpf);
         self.discovery.forget_links();
+        self.exe_sites = false;
         self.scan(loaded)?;
         Ok(())
     }

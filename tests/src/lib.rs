@@ -195,6 +195,17 @@ pub const WORKLOAD_CFLAGS: &[&str] = &[
     "-Wall",
 ];
 
+/// Flags of the Rust workloads: cargo's release build, which keeps no
+/// frame pointers.
+pub const WORKLOAD_RUSTFLAGS: &[&str] = &[
+    "--edition",
+    "2021",
+    "-O",
+    "-g",
+    "-C",
+    "force-frame-pointers=no",
+];
+
 fn build_root() -> PathBuf {
     if let Some(d) = std::env::var_os("MEMTRACE_WORKLOADS_DIR").filter(|d| !d.is_empty()) {
         return PathBuf::from(d);
@@ -207,16 +218,16 @@ fn build_root() -> PathBuf {
         .unwrap_or_else(|| std::env::temp_dir().join("memtrace-workloads"))
 }
 
-/// Source file of workload `name` (`.c` or `.cpp`).
+/// Source file of workload `name` (`.c`, `.cpp` or `.rs`).
 pub fn workload_source(name: &str) -> PathBuf {
     let dir = workloads_src_dir();
-    for ext in ["c", "cpp"] {
+    for ext in ["c", "cpp", "rs"] {
         let p = dir.join(format!("{name}.{ext}"));
         if p.is_file() {
             return p;
         }
     }
-    panic!("no workload source tests/workloads/{name}.c or .cpp");
+    panic!("no workload source tests/workloads/{name}.c, .cpp or .rs");
 }
 
 /// Compile workload `name` (cached by content hash of its source,
@@ -233,24 +244,22 @@ pub fn workload_with(name: &str, compiler: Option<&str>, extra: &[&str]) -> Path
     let _g = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
 
     let src = workload_source(name);
-    let cxx = src.extension().is_some_and(|e| e == "cpp");
-    let compiler: OsString = if let Some(c) = compiler {
-        c.into()
-    } else if cxx {
-        std::env::var_os("CXX")
-            .filter(|c| !c.is_empty())
-            .unwrap_or_else(|| "c++".into())
-    } else {
-        std::env::var_os("CC")
-            .filter(|c| !c.is_empty())
-            .unwrap_or_else(|| "cc".into())
+    let ext = src.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let (var, default, flags): (&str, &str, Vec<&str>) = match ext {
+        "rs" => ("RUSTC", "rustc", WORKLOAD_RUSTFLAGS.to_vec()),
+        "cpp" => ("CXX", "c++", [&["-std=gnu++17"], WORKLOAD_CFLAGS].concat()),
+        _ => ("CC", "cc", [&["-std=gnu11"], WORKLOAD_CFLAGS].concat()),
     };
-    let std_flag = if cxx { "-std=gnu++17" } else { "-std=gnu11" };
+    let compiler: OsString = match compiler {
+        Some(c) => c.into(),
+        None => std::env::var_os(var)
+            .filter(|c| !c.is_empty())
+            .unwrap_or_else(|| default.into()),
+    };
 
     let mut h = DefaultHasher::new();
     compiler.hash(&mut h);
-    std_flag.hash(&mut h);
-    WORKLOAD_CFLAGS.hash(&mut h);
+    flags.hash(&mut h);
     extra.hash(&mut h);
     std::fs::read(&src)
         .expect("read workload source")
@@ -267,8 +276,7 @@ pub fn workload_with(name: &str, compiler: Option<&str>, extra: &[&str]) -> Path
         .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let res = Command::new(&compiler)
-        .arg(std_flag)
-        .args(WORKLOAD_CFLAGS)
+        .args(&flags)
         .args(extra)
         .arg("-o")
         .arg(&tmp)

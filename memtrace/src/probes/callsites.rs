@@ -62,7 +62,8 @@ pub fn call_sites(data: &[u8], seg_off: u64, allocators: &[&str]) -> Result<Vec<
             targets.insert(sym.address());
         }
     }
-    targets.extend(plt_stubs(&file, &wanted));
+    let got = got_slots(&file, &wanted);
+    targets.extend(plt_stubs(&file, &got));
 
     let eh = section(&file, ".eh_frame")?;
     let hdr = section(&file, ".eh_frame_hdr")?;
@@ -78,18 +79,48 @@ pub fn call_sites(data: &[u8], seg_off: u64, allocators: &[&str]) -> Result<Vec<
     let table = parsed
         .table()
         .ok_or_else(|| anyhow!(".eh_frame_hdr has no search table"))?;
+    let fn_start = |at: u64| {
+        table
+            .fde_for_address(&eh_frame, &bases, at, EhFrame::cie_from_offset)
+            .ok()
+            .map(|fde| fde.initial_address())
+    };
     let mut ctx = UnwindContext::new();
+    let branches = branches(text.0, text.1, &got);
 
     // Breadth first: calls to the allocators, then calls to the functions
     // making those, ...
     let mut sites: HashMap<u64, Site> = HashMap::new();
     let mut seen_fns: HashSet<u64> = HashSet::new();
-    for _ in 0..LIB_DEPTH {
+    for level in 0..LIB_DEPTH {
+        let reaches = |targets: &HashSet<u64>, dest: Dest| match dest {
+            Dest::Addr(a) => targets.contains(&a),
+            // The allocators themselves, through the GOT: the first level.
+            Dest::Wanted => level == 0,
+        };
+        // A function that jumps to a target (a tail call) returns where the
+        // target returns: calls to it are calls to the target.
+        loop {
+            let jumpers: Vec<u64> = branches
+                .iter()
+                .filter(|b| !b.call && reaches(&targets, b.dest))
+                .filter_map(|b| fn_start(b.at))
+                .filter(|f| !targets.contains(f))
+                .collect();
+            if jumpers.is_empty() {
+                break;
+            }
+            targets.extend(jumpers);
+        }
         let mut callers: BTreeSet<u64> = BTreeSet::new();
-        for ra in calls_to(text.0, text.1, &targets) {
+        for b in branches
+            .iter()
+            .filter(|b| b.call && reaches(&targets, b.dest))
+        {
             if sites.len() >= MAX_SITES {
                 break;
             }
+            let ra = b.ra;
             let Ok(fde) = table.fde_for_address(&eh_frame, &bases, ra, EhFrame::cie_from_offset)
             else {
                 continue;
@@ -149,42 +180,118 @@ fn section<'a>(file: &ElfFile64<'a, object::Endianness>, name: &str) -> Result<(
     ))
 }
 
-/// Return addresses of the `call rel32` instructions in `code` (at `addr`)
-/// whose target is in `targets`. Bytes are scanned, not decoded: a false
-/// match inside another instruction yields an address no call returns to,
-/// never looked up.
-fn calls_to(addr: u64, code: &[u8], targets: &HashSet<u64>) -> Vec<u64> {
+/// Where a branch goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dest {
+    /// To this address (direct, or through a GOT slot holding it).
+    Addr(u64),
+    /// To an allocator the file imports, through its GOT slot.
+    Wanted,
+}
+
+/// A call or jump found in the code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Branch {
+    /// The instruction's address.
+    at: u64,
+    /// The address after it (a call's return address).
+    ra: u64,
+    call: bool,
+    dest: Dest,
+}
+
+/// What a GOT slot holds once relocated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    Addr(u64),
+    Wanted,
+}
+
+/// The calls and jumps in `code` (at `addr`): `call`/`jmp rel32`, and
+/// `call`/`jmp *disp32(%rip)` through a GOT slot in `got` (how code built
+/// without a PLT, Rust's among it, calls functions). Bytes are scanned,
+/// not decoded: a false match inside another instruction yields an address
+/// no call returns to, never looked up.
+fn branches(addr: u64, code: &[u8], got: &HashMap<u64, Slot>) -> Vec<Branch> {
     let mut out = Vec::new();
-    for (i, w) in code.windows(5).enumerate() {
-        if w[0] != 0xe8 {
-            continue;
-        }
-        let rel = i32::from_le_bytes([w[1], w[2], w[3], w[4]]);
-        let ra = addr + i as u64 + 5;
-        let target = ra.wrapping_add_signed(i64::from(rel));
-        if targets.contains(&target) {
-            out.push(ra);
+    for i in 0..code.len() {
+        let w = &code[i..code.len().min(i + 6)];
+        let at = addr + i as u64;
+        match w {
+            [op @ (0xe8 | 0xe9), a, b, c, d, ..] => {
+                let rel = i32::from_le_bytes([*a, *b, *c, *d]);
+                let ra = at + 5;
+                out.push(Branch {
+                    at,
+                    ra,
+                    call: *op == 0xe8,
+                    dest: Dest::Addr(ra.wrapping_add_signed(i64::from(rel))),
+                });
+            }
+            [0xff, modrm @ (0x15 | 0x25), a, b, c, d] => {
+                let disp = i32::from_le_bytes([*a, *b, *c, *d]);
+                let ra = at + 6;
+                let dest = match got.get(&ra.wrapping_add_signed(i64::from(disp))) {
+                    Some(Slot::Addr(x)) => Dest::Addr(*x),
+                    Some(Slot::Wanted) => Dest::Wanted,
+                    None => continue,
+                };
+                out.push(Branch {
+                    at,
+                    ra,
+                    call: *modrm == 0x15,
+                    dest,
+                });
+            }
+            _ => {}
         }
     }
     out
 }
 
-/// Entry addresses of the PLT stubs through which the file's own code
-/// calls the `wanted` symbols: the stubs jump through a GOT slot that a
-/// dynamic relocation fills with the symbol.
-fn plt_stubs(file: &ElfFile64<'_, object::Endianness>, wanted: &HashSet<&str>) -> Vec<u64> {
-    let Some(dynsyms) = file.dynamic_symbol_table() else {
-        return Vec::new();
-    };
-    let mut slots = HashSet::new();
+/// The GOT slots a dynamic relocation fills with an allocator named in
+/// `wanted` (imported) or with an address in the file itself (a
+/// relative relocation, or a symbol the file defines).
+fn got_slots(
+    file: &ElfFile64<'_, object::Endianness>,
+    wanted: &HashSet<&str>,
+) -> HashMap<u64, Slot> {
+    let dynsyms = file.dynamic_symbol_table();
+    let mut slots = HashMap::new();
     for (got, rel) in file.dynamic_relocations().into_iter().flatten() {
-        if let RelocationTarget::Symbol(i) = rel.target()
-            && let Ok(sym) = dynsyms.symbol_by_index(i)
-            && sym.name().is_ok_and(|n| wanted.contains(n))
-        {
-            slots.insert(got);
+        match rel.target() {
+            RelocationTarget::Symbol(i) => {
+                let Some(sym) = dynsyms.as_ref().and_then(|t| t.symbol_by_index(i).ok()) else {
+                    continue;
+                };
+                if sym.name().is_ok_and(|n| wanted.contains(n)) {
+                    slots.insert(got, Slot::Wanted);
+                } else if sym.address() != 0 && rel.addend() == 0 {
+                    slots.insert(got, Slot::Addr(sym.address()));
+                }
+            }
+            // R_X86_64_RELATIVE: the slot holds the load base plus the
+            // addend, an address in the file.
+            RelocationTarget::Absolute
+                if rel.flags()
+                    == (object::RelocationFlags::Elf {
+                        r_type: object::elf::R_X86_64_RELATIVE,
+                    }) =>
+            {
+                if let Ok(a) = u64::try_from(rel.addend()) {
+                    slots.insert(got, Slot::Addr(a));
+                }
+            }
+            _ => {}
         }
     }
+    slots
+}
+
+/// Entry addresses of the PLT stubs through which the file's own code
+/// calls the allocators it imports: the stubs jump through a GOT slot that
+/// a dynamic relocation fills with the symbol.
+fn plt_stubs(file: &ElfFile64<'_, object::Endianness>, got: &HashMap<u64, Slot>) -> Vec<u64> {
     let mut stubs = Vec::new();
     for name in [".plt", ".plt.got", ".plt.sec"] {
         let Ok((addr, code)) = section(file, name) else {
@@ -198,7 +305,7 @@ fn plt_stubs(file: &ElfFile64<'_, object::Endianness>, wanted: &HashSet<&str>) -
             }
             let disp = i32::from_le_bytes([w[2], w[3], w[4], w[5]]);
             let at = addr + i as u64;
-            if slots.contains(&(at + 6).wrapping_add_signed(i64::from(disp))) {
+            if got.get(&(at + 6).wrapping_add_signed(i64::from(disp))) == Some(&Slot::Wanted) {
                 stubs.extend([
                     at,
                     at.wrapping_sub(1),
@@ -216,13 +323,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn finds_calls_by_target() {
-        // call +0 (to 0x1005), nop, call -11 (to 0x1000)
-        let code = [0xe8, 0, 0, 0, 0, 0x90, 0xe8, 0xf5, 0xff, 0xff, 0xff];
-        let targets: HashSet<u64> = [0x1000u64].into_iter().collect();
-        assert_eq!(calls_to(0x1000, &code, &targets), vec![0x100b]);
-        let targets: HashSet<u64> = [0x1005u64].into_iter().collect();
-        assert_eq!(calls_to(0x1000, &code, &targets), vec![0x1005]);
+    fn finds_branches() {
+        // call +0 (to 0x1005), nop, call -11 (to 0x1000), jmp *0x10(%rip)
+        // (slot 0x1021), jmp -5 at the very end (to 0x1016)
+        let code = [
+            0xe8, 0, 0, 0, 0, 0x90, 0xe8, 0xf5, 0xff, 0xff, 0xff, 0xff, 0x25, 0x10, 0, 0, 0, 0xe9,
+            0xfb, 0xff, 0xff, 0xff,
+        ];
+        let got: HashMap<u64, Slot> = [(0x1021u64, Slot::Wanted)].into_iter().collect();
+        let b = branches(0x1000, &code, &got);
+        let found: Vec<(u64, bool, Dest)> = b.iter().map(|b| (b.ra, b.call, b.dest)).collect();
+        assert!(
+            found.contains(&(0x1005, true, Dest::Addr(0x1005))),
+            "{found:?}"
+        );
+        assert!(
+            found.contains(&(0x100b, true, Dest::Addr(0x1000))),
+            "{found:?}"
+        );
+        assert!(found.contains(&(0x1011, false, Dest::Wanted)), "{found:?}");
+        assert!(
+            found.contains(&(0x1016, false, Dest::Addr(0x1011))),
+            "{found:?}"
+        );
     }
 
     /// The host's glibc: strdup's call to malloc is a site, with a CFA

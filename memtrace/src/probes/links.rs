@@ -274,12 +274,14 @@ fn add_lib_sites(loaded: &mut Loaded, lib: &Path, planned: &[Planned]) {
     }
 }
 
-fn record_lib_sites(
+/// Put the call sites of `names` in `lib`'s executable segment (file
+/// offset and size) in `LIB_SITES`; how many there are.
+pub(super) fn record_lib_sites(
     ebpf: &mut Ebpf,
     lib: &Path,
     segment: (u64, u64),
     names: &[&str],
-) -> Result<()> {
+) -> Result<usize> {
     let data = std::fs::read(lib).context("reading it")?;
     let sites = callsites::call_sites(&data, segment.0, names).context("its unwind tables")?;
     let map = ebpf
@@ -297,5 +299,5 @@ fn record_lib_sites(
             );
         }
     }
-    Ok(())
+    Ok(total)
 }

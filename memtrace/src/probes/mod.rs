@@ -6,6 +6,7 @@
 mod callsites;
 pub mod discover;
 pub mod elf;
+mod exe;
 mod links;
 mod multi;
 mod programs;
@@ -22,6 +23,7 @@ use memtrace_common::func;
 
 use self::{elf::ElfSyms, prologue::Choice};
 pub use self::{
+    exe::add_exe_sites,
     links::{Links, Scope, attach, attach_allocators, attach_lifecycle, attach_loader},
     programs::{LoadOptions, Loaded, load},
 };

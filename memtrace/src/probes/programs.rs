@@ -2,7 +2,10 @@
 //! and its programs loaded (not attached), as `uprobe_multi` programs when
 //! the kernel has them (6.6+), else as aya's perf-event uprobes.
 
-use std::{collections::HashSet, os::fd::OwnedFd};
+use std::{
+    collections::{HashMap, HashSet},
+    os::fd::OwnedFd,
+};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{Ebpf, EbpfLoader, programs::UProbe};
@@ -132,6 +135,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         ebpf,
         uprobes,
         lib_sites: HashSet::new(),
+        exe_sites: HashMap::new(),
         notes: Vec::new(),
     })
 }
@@ -216,6 +220,9 @@ pub struct Loaded {
     /// Libraries whose call sites are in `LIB_SITES` (device, inode and
     /// executable segment), so each is read once.
     pub(super) lib_sites: HashSet<(u64, u64, u64)>,
+    /// Executables whose call sites are in `LIB_SITES` (as `lib_sites`),
+    /// and how many they have.
+    pub(super) exe_sites: HashMap<(u64, u64, u64), usize>,
     /// What the user should know about the attach (libraries whose call
     /// sites could not all be recorded); taken by whoever reports notes.
     pub notes: Vec<String>,

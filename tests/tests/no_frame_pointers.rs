@@ -1,0 +1,147 @@
+//! Programs built without frame pointers: Rust's default, and C at `-O2`.
+//! Their allocations pass through functions of their own that keep no
+//! frame pointer (Rust's `RawVec` growth, a C program's `xmalloc`): only the
+//! executable's unwind tables lead from those back to the function that
+//! leaked, and each leak must be attributed to it, with exact bytes.
+
+use memtrace_tests::{
+    report::{Report, base_name},
+    require_ebpf, serial, trace_cmd, workload, workload_with,
+};
+use serde_json::Value;
+
+/// The frames' function names of a heap stack.
+fn names(s: &Value) -> Vec<String> {
+    s["frames"]
+        .as_array()
+        .map(|v| v.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|f| f["function"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+/// Outstanding (bytes, blocks) of the heap stacks in which `func` is a
+/// frame, each checked to continue with `caller`; `before` must be the
+/// frames under it, innermost first (by base name; "" matches any).
+fn attributed(r: &Report, func: &str, before: &[&str], caller: &str) -> (u64, u64) {
+    let mut total = (0, 0);
+    for s in r.stacks().iter().filter(|s| s["kind"] == "heap") {
+        let names = names(s);
+        let Some(at) = names.iter().position(|n| base_name(n) == func) else {
+            continue;
+        };
+        assert!(
+            names.iter().take(at).count() == before.len()
+                && names
+                    .iter()
+                    .zip(before)
+                    .all(|(n, b)| b.is_empty() || base_name(n) == *b),
+            "{func}: frames under it are {:?}, expected {before:?}\n{}",
+            &names[..at],
+            r.describe()
+        );
+        assert_eq!(
+            names.get(at + 1).map(|n| base_name(n)),
+            Some(caller),
+            "{func}: {names:?}"
+        );
+        total.0 += s["outstanding_bytes"].as_u64().unwrap_or(0);
+        total.1 += s["outstanding_allocations"].as_u64().unwrap_or(0);
+    }
+    total
+}
+
+fn assert_stepped_out(r: &Report) {
+    let notes = r.json["notes"].as_array().cloned().unwrap_or_default();
+    assert!(
+        notes
+            .iter()
+            .filter_map(|n| n.as_str())
+            .any(|n| n.contains("keeps no frame pointers")),
+        "the executable's call sites were not used: {notes:?}"
+    );
+}
+
+#[test]
+fn rust_growth_reaches_the_leaking_function() {
+    if !require_ebpf() {
+        return;
+    }
+    let _g = serial();
+    let t = trace_cmd(&[], &workload("rust_leaks"), &[]);
+    let r = &t.report;
+    assert_stepped_out(r);
+    assert_eq!(r.summary("lost_events"), 0);
+    // Growth goes through RawVec's out-of-line functions (their names vary
+    // with the Rust version: any number of frames under the function).
+    let grown = |func: &str| {
+        let mut total = (0, 0);
+        for s in r.stacks().iter().filter(|s| s["kind"] == "heap") {
+            let names = names(s);
+            let Some(at) = names.iter().position(|n| base_name(n) == func) else {
+                continue;
+            };
+            assert!(
+                names[..at]
+                    .iter()
+                    .all(|n| n.contains("raw_vec") || n.contains("alloc")),
+                "{func}: frames under it are {:?}",
+                &names[..at]
+            );
+            assert_eq!(
+                names.get(at + 1).map(|n| base_name(n)),
+                Some("main"),
+                "{func}: {names:?}"
+            );
+            total.0 += s["outstanding_bytes"].as_u64().unwrap_or(0);
+            total.1 += s["outstanding_allocations"].as_u64().unwrap_or(0);
+        }
+        total
+    };
+    for (func, want) in [
+        ("leak_pushed", (8192, 1)),
+        ("leak_string", (128, 1)),
+        ("leak_boxed", (300, 3)),
+        ("leak_reserved", (5000, 1)),
+    ] {
+        assert_eq!(grown(func), want, "{func}\n{}", r.describe());
+    }
+    // The thread's function is called by std's thread start, not main.
+    let thread: (u64, u64) = r
+        .stacks()
+        .iter()
+        .filter(|s| s["kind"] == "heap")
+        .filter(|s| names(s).iter().any(|n| base_name(n) == "leak_in_thread"))
+        .fold((0, 0), |(b, a), s| {
+            (
+                b + s["outstanding_bytes"].as_u64().unwrap_or(0),
+                a + s["outstanding_allocations"].as_u64().unwrap_or(0),
+            )
+        });
+    assert_eq!(thread, (4000, 1), "leak_in_thread\n{}", r.describe());
+}
+
+#[test]
+fn c_wrappers_reach_the_leaking_function() {
+    if !require_ebpf() {
+        return;
+    }
+    let _g = serial();
+    let exe = workload_with("nofp", None, &["-O2", "-fomit-frame-pointer"]);
+    let t = trace_cmd(&[], &exe, &[]);
+    let r = &t.report;
+    assert_stepped_out(r);
+    assert_eq!(
+        attributed(r, "leak_wrapped", &["xmalloc"], "main"),
+        (1000, 1)
+    );
+    assert_eq!(
+        attributed(r, "leak_nodes", &["xmalloc", "new_node"], "main"),
+        (256, 4)
+    );
+    assert_eq!(
+        attributed(r, "leak_grown", &["xrealloc"], "main"),
+        (3000, 1)
+    );
+}
