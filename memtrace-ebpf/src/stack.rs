@@ -6,7 +6,6 @@
 //! frame pointer: its entry probe records its caller (`[rsp]`) and the
 //! caller's frame pointer for the malloc it makes.
 
-use aya_ebpf::helpers::bpf_probe_read_user;
 use aya_ebpf::{bindings::BPF_RB_NO_WAKEUP, programs::RetProbeContext};
 use memtrace_common::{
     Counter, Event, LIB_DEPTH, Record, SHORT_FRAMES, STACK_DEPTH, flags, lib_site_key,
@@ -47,113 +46,82 @@ fn stack_start(ctx: &RetProbeContext, tid: u32, sp: u64) -> (u64, u64, u64) {
 /// sits under the stack near 0x7fff_ffff_ffff).
 const LIBRARY_REGION: u64 = 0x6000_0000_0000;
 
-/// Step out of the allocator library's own functions that made this
-/// allocation (strdup, asprintf, getline): they keep no frame pointer, so
-/// the walk from the frame pointer would miss their callers. Fills
-/// `frames[1..]` and returns how many frames are set, and the frame pointer
-/// and stack bound to walk on from.
+/// Step out of the functions without frame pointers that made this
+/// allocation, where the frame-pointer walk would miss their callers: the
+/// allocator library's own (strdup, asprintf, getline: a C library keeps no
+/// frame pointer), then the traced program's own when userspace found call
+/// sites in its executable (`EXE_CODE`: Rust's `RawVec::finish_grow` and the
+/// growth functions around it, a C program's malloc wrappers built with
+/// `-O2`). Each call site is in `LIB_SITES` with its frame's layout (from
+/// `.eh_frame`): two words above the stack pointer give the function's
+/// return address and its caller's saved frame pointer, read from a chunk
+/// of the stack that mostly serves every level. Fills `frames[1..]` from
+/// `ip`, the allocation's return address, and returns how many frames are
+/// set, and the frame pointer and stack bound to walk on from.
 #[inline(always)]
-fn out_of_library(
+fn step_out(
     ctx: &RetProbeContext,
+    tgid: u32,
     frames: &mut [u64; STACK_DEPTH],
+    words: &mut [u64; CHUNK_WORDS],
     ip: u64,
     fp: u64,
     sp: u64,
 ) -> (usize, u64, u64) {
     // Most allocations return into a program's own code, below the
-    // libraries: they pay one comparison.
-    if ip < LIBRARY_REGION {
-        return (1, fp, sp);
-    }
-    // SAFETY: helpers reading the probe's address and attach cookie.
-    let (func_ip, cookie) = unsafe {
-        (
-            aya_ebpf::helpers::generated::bpf_get_func_ip(ctx.regs.cast()),
-            aya_ebpf::helpers::generated::bpf_get_attach_cookie(ctx.regs.cast()),
-        )
-    };
-    let (lo, hi) = code_range(func_ip, cookie);
-    let code = Code {
-        lo,
-        hi,
-        units: cookie >> 48,
-    };
-    step_out(&code, frames, 1, ip, fp, sp)
-}
-
-/// Step out of the traced program's own functions that keep no frame
-/// pointer (Rust's `RawVec::finish_grow` and the growth functions around
-/// it, a C program's malloc wrappers built with `-O2`), when userspace
-/// found call sites in its executable: as `out_of_library`, from frame `n`
-/// whose return address is `ip`.
-#[inline(always)]
-fn out_of_exe(
-    tgid: u32,
-    frames: &mut [u64; STACK_DEPTH],
-    n: usize,
-    fp: u64,
-    sp: u64,
-) -> (usize, u64, u64) {
-    let Some(exe) = EXE_CODE.get(0) else {
-        return (n, fp, sp);
-    };
-    let Some(&ip) = frames.get(n.wrapping_sub(1)) else {
-        return (n, fp, sp);
-    };
-    if exe.tgid != tgid || ip < exe.lo || ip >= exe.hi {
-        return (n, fp, sp);
-    }
-    let code = Code {
-        lo: exe.lo,
-        hi: exe.hi,
-        units: exe.units,
-    };
-    step_out(&code, frames, n, ip, fp, sp)
-}
-
-/// An executable segment with call sites in `LIB_SITES`.
-struct Code {
-    lo: u64,
-    hi: u64,
-    /// Its size in 256-byte units: the high half of its sites' keys.
-    units: u64,
-}
-
-/// Each call site in `code` is in `LIB_SITES` with its frame's layout (from
-/// `.eh_frame`); one or two reads per level give the function's return
-/// address and its caller's saved frame pointer. `ip` is the return
-/// address of frame `n - 1`; fills `frames[n..]` and returns how many
-/// frames are set, and the frame pointer and stack bound to walk on from.
-#[inline(always)]
-fn step_out(
-    code: &Code,
-    frames: &mut [u64; STACK_DEPTH],
-    n: usize,
-    ip: u64,
-    fp: u64,
-    sp: u64,
-) -> (usize, u64, u64) {
-    let (mut ip, mut fp, mut sp, mut n) = (ip, fp, sp, n);
-    for _ in 0..LIB_DEPTH {
-        if ip < code.lo || ip >= code.hi {
-            break;
+    // libraries: the allocator library is looked at only above.
+    let lib = if ip >= LIBRARY_REGION {
+        // SAFETY: helpers reading the probe's address and attach cookie.
+        let (func_ip, cookie) = unsafe {
+            (
+                aya_ebpf::helpers::generated::bpf_get_func_ip(ctx.regs.cast()),
+                aya_ebpf::helpers::generated::bpf_get_attach_cookie(ctx.regs.cast()),
+            )
+        };
+        let (lo, hi) = code_range(func_ip, cookie);
+        Code {
+            lo,
+            hi,
+            units: cookie >> 48,
         }
+    } else {
+        Code::NONE
+    };
+    let exe = match EXE_CODE.get(0) {
+        Some(e) if e.tgid == tgid => Code {
+            lo: e.lo,
+            hi: e.hi,
+            units: e.units,
+        },
+        _ => Code::NONE,
+    };
+    let (mut ip, mut fp, mut sp, mut n) = (ip, fp, sp, 1);
+    let mut chunk = Chunk {
+        words,
+        base: 0,
+        len: 0,
+    };
+    for _ in 0..LIB_DEPTH {
+        let (units, lo) = if lib.lo <= ip && ip < lib.hi {
+            (lib.units, lib.lo)
+        } else if exe.lo <= ip && ip < exe.hi {
+            (exe.units, exe.lo)
+        } else {
+            break;
+        };
         // SAFETY: copied out at once.
-        let Some(v) = (unsafe { LIB_SITES.get(lib_site_key(code.units, ip - code.lo)) }).copied()
-        else {
+        let Some(v) = (unsafe { LIB_SITES.get(lib_site_key(units, ip - lo)) }).copied() else {
             break;
         };
         let cfa = sp.wrapping_add(u64::from(v as u16));
         let rbp_at = i64::from((v >> 16) as u16 as i16);
-        // SAFETY: reads user memory; a fault returns Err.
-        let Ok(ret) = (unsafe { bpf_probe_read_user((cfa - 8) as *const u64) }) else {
+        let Some(ret) = chunk.word(cfa.wrapping_sub(8)) else {
             break;
         };
         if rbp_at != 0 {
-            // SAFETY: as above.
-            match unsafe { bpf_probe_read_user(cfa.wrapping_add_signed(rbp_at) as *const u64) } {
-                Ok(saved) => fp = saved,
-                Err(_) => break,
+            match chunk.word(cfa.wrapping_add_signed(rbp_at)) {
+                Some(saved) => fp = saved,
+                None => break,
             }
         }
         match frames.get_mut(n) {
@@ -165,6 +133,66 @@ fn step_out(
         sp = cfa;
     }
     (n, fp, sp)
+}
+
+/// An executable segment with call sites in `LIB_SITES`.
+struct Code {
+    lo: u64,
+    hi: u64,
+    /// Its size in 256-byte units: the high half of its sites' keys.
+    units: u64,
+}
+
+impl Code {
+    const NONE: Code = Code {
+        lo: 0,
+        hi: 0,
+        units: 0,
+    };
+}
+
+/// Bytes of user stack a step out of a function reads at once (each
+/// `bpf_probe_read_user` costs ~150 ns here, plus ~1.5 ns per 100 bytes
+/// copied): frames of functions without frame pointers are small, so one
+/// read mostly serves every level.
+const STEP_READ: u64 = 1024;
+
+/// The words of user stack read last: `words[..len]` from `base`.
+struct Chunk<'a> {
+    words: &'a mut [u64; CHUNK_WORDS],
+    base: u64,
+    len: u64,
+}
+
+impl Chunk<'_> {
+    /// The user word at `addr` (8-byte aligned), from the chunk or a new
+    /// read starting there (never past its page).
+    #[inline(always)]
+    fn word(&mut self, addr: u64) -> Option<u64> {
+        if addr & 7 != 0 {
+            return None;
+        }
+        let mut i = addr.wrapping_sub(self.base) / 8;
+        if addr < self.base || i >= self.len {
+            let bytes = (CHUNK as u64 - (addr & (CHUNK as u64 - 1))).clamp(8, STEP_READ);
+            // SAFETY: writes at most `bytes` <= STEP_READ <= CHUNK bytes
+            // into `words`; reads user memory, a fault returns an error.
+            let r = unsafe {
+                aya_ebpf::helpers::generated::bpf_probe_read_user(
+                    self.words.as_mut_ptr().cast(),
+                    bytes as u32,
+                    addr as *const core::ffi::c_void,
+                )
+            };
+            if r != 0 {
+                return None;
+            }
+            self.base = addr;
+            self.len = bytes / 8;
+            i = 0;
+        }
+        self.words.get(i as usize).copied()
+    }
 }
 
 /// Bytes of user stack read at once: at most a page, and never past the
@@ -185,6 +213,9 @@ pub struct WalkBuf {
     /// Allocations on this CPU to emit without a timestamp before the next
     /// one with.
     unstamped: u64,
+    /// How many frames the walk's step out of functions without frame
+    /// pointers set (see `finish`).
+    stepped: u64,
     words: [u64; CHUNK_WORDS],
     /// The walk's result, copied into a ring record of the right size.
     frames: [u64; STACK_DEPTH],
@@ -250,7 +281,9 @@ fn walk_in(
         if ret == 0 {
             return (n, false);
         }
-        frames[n] = ret;
+        // Masked (n < STACK_DEPTH here): the verifier sees the bound on the
+        // index itself, whatever number of frames the walk started from.
+        frames[core::hint::black_box(n) & (STACK_DEPTH - 1)] = ret;
         n += 1;
         fp = next;
     }
@@ -284,8 +317,13 @@ pub(crate) fn finish(ctx: &RetProbeContext, mut ev: Event, tid: u32, sp: u64) {
     w.generation = w.generation.wrapping_add(1);
     let generation = w.generation;
     w.frames[0] = first;
-    let (n0, fp, lo) = out_of_library(ctx, &mut w.frames, first, fp, lo);
-    let (n0, fp, lo) = out_of_exe(ev.tgid, &mut w.frames, n0, fp, lo);
+    let (n0, fp, lo) = step_out(ctx, ev.tgid, &mut w.frames, &mut w.words, first, fp, lo);
+    // Through memory, so the verifier checks the walk once for any number
+    // of frames stepped out of, not once per number (which doubled the
+    // load time).
+    w.stepped = n0 as u64;
+    // SAFETY: a read of this CPU's scratch value, just written.
+    let n0 = unsafe { core::ptr::read_volatile(&raw const w.stepped) } as usize;
     let mut need = 0;
     let (n, truncated) = walk_in(
         &mut w.frames,
