@@ -151,7 +151,12 @@ impl Allocators {
                 Ok(0) => {}
                 Ok(n) => self.discovery.note(format!(
                     "the executable keeps no frame pointers: stacks step out of its \
-                     allocating functions by its unwind tables ({n} call sites)"
+                     allocating functions by its unwind tables ({n} call sites{})",
+                    if n >= probes::MAX_SITES {
+                        ", the most kept: callers further from the allocator are not followed"
+                    } else {
+                        ""
+                    }
                 )),
                 Err(e) if crate::procmaps::alive(pid) => self.discovery.note(format!(
                     "{e:#}: the callers of its functions without frame pointers may be missing"

@@ -86,7 +86,8 @@ pub fn call_sites(data: &[u8], seg_off: u64, allocators: &[&str]) -> Result<Vec<
             .map(|fde| fde.initial_address())
     };
     let mut ctx = UnwindContext::new();
-    let branches = branches(text.0, text.1, &got);
+    let code_range = seg_vaddr..seg_vaddr + seg.size();
+    let branches = branches(text.0, text.1, &got, &code_range);
 
     // Breadth first: calls to the allocators, then calls to the functions
     // making those, ...
@@ -207,12 +208,18 @@ enum Slot {
     Wanted,
 }
 
-/// The calls and jumps in `code` (at `addr`): `call`/`jmp rel32`, and
-/// `call`/`jmp *disp32(%rip)` through a GOT slot in `got` (how code built
-/// without a PLT, Rust's among it, calls functions). Bytes are scanned,
-/// not decoded: a false match inside another instruction yields an address
-/// no call returns to, never looked up.
-fn branches(addr: u64, code: &[u8], got: &HashMap<u64, Slot>) -> Vec<Branch> {
+/// The calls and jumps in `code` (at `addr`): `call`/`jmp rel32` into
+/// `code_range` (the executable segment), and `call`/`jmp *disp32(%rip)`
+/// through a GOT slot in `got` (how code built without a PLT, Rust's among
+/// it, calls functions). Bytes are scanned, not decoded: a false match
+/// inside another instruction yields an address no call returns to, never
+/// looked up (most land outside the segment and are not kept).
+fn branches(
+    addr: u64,
+    code: &[u8],
+    got: &HashMap<u64, Slot>,
+    code_range: &std::ops::Range<u64>,
+) -> Vec<Branch> {
     let mut out = Vec::new();
     for i in 0..code.len() {
         let w = &code[i..code.len().min(i + 6)];
@@ -221,11 +228,15 @@ fn branches(addr: u64, code: &[u8], got: &HashMap<u64, Slot>) -> Vec<Branch> {
             [op @ (0xe8 | 0xe9), a, b, c, d, ..] => {
                 let rel = i32::from_le_bytes([*a, *b, *c, *d]);
                 let ra = at + 5;
+                let dest = ra.wrapping_add_signed(i64::from(rel));
+                if !code_range.contains(&dest) {
+                    continue;
+                }
                 out.push(Branch {
                     at,
                     ra,
                     call: *op == 0xe8,
-                    dest: Dest::Addr(ra.wrapping_add_signed(i64::from(rel))),
+                    dest: Dest::Addr(dest),
                 });
             }
             [0xff, modrm @ (0x15 | 0x25), a, b, c, d] => {
@@ -331,7 +342,7 @@ mod tests {
             0xfb, 0xff, 0xff, 0xff,
         ];
         let got: HashMap<u64, Slot> = [(0x1021u64, Slot::Wanted)].into_iter().collect();
-        let b = branches(0x1000, &code, &got);
+        let b = branches(0x1000, &code, &got, &(0x1000..0x1100));
         let found: Vec<(u64, bool, Dest)> = b.iter().map(|b| (b.ra, b.call, b.dest)).collect();
         assert!(
             found.contains(&(0x1005, true, Dest::Addr(0x1005))),

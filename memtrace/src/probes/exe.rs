@@ -17,42 +17,34 @@ use aya::maps::Array;
 use memtrace_common::{ExeCode, MAP_EXE_CODE};
 use object::{Object as _, ObjectSegment as _, read::elf::ElfFile64};
 
-use super::{Loaded, links::record_lib_sites};
+use super::{CXX, LIBC, Loaded, links::record_lib_sites, symbol_names};
 use crate::procmaps;
 
 /// What the program may call that allocates and returns where the
-/// allocation's return probe fires: the allocators, the C library
-/// functions that allocate on the caller's behalf (their own frames are
-/// stepped out of by the library's sites), and C++'s operator new.
-const ALLOCATING: &[&str] = &[
-    "malloc",
-    "calloc",
-    "realloc",
-    "reallocarray",
-    "posix_memalign",
-    "aligned_alloc",
-    "memalign",
-    "valloc",
-    "pvalloc",
-    "mmap",
-    "mmap64",
-    "mremap",
-    "strdup",
-    "strndup",
-    "__strdup",
-    "asprintf",
-    "vasprintf",
-    "getline",
-    "getdelim",
-    "realpath",
-    "open_memstream",
-    "_Znwm",
-    "_Znam",
-    "_ZnwmRKSt9nothrow_t",
-    "_ZnamRKSt9nothrow_t",
-    "_ZnwmSt11align_val_t",
-    "_ZnamSt11align_val_t",
-];
+/// allocation's return probe fires: the C library's functions that have a
+/// return probe, those that allocate on the caller's behalf (their own
+/// frames are stepped out of by the library's sites), and C++'s operator
+/// new (the array forms tail-jump to the plain ones, which have probes).
+fn allocating() -> Vec<&'static str> {
+    const ON_BEHALF: &[&str] = &[
+        "reallocarray",
+        "strdup",
+        "strndup",
+        "__strdup",
+        "asprintf",
+        "vasprintf",
+        "getline",
+        "getdelim",
+        "realpath",
+        "open_memstream",
+        "_Znam",
+        "_ZnamSt11align_val_t",
+    ];
+    let probed = LIBC.iter().filter(|s| s.ret).chain(CXX);
+    let mut names = symbol_names(probed);
+    names.extend_from_slice(ON_BEHALF);
+    names
+}
 
 /// Step out of `pid`'s executable's own functions: record the call sites
 /// of its executable segment in `LIB_SITES` (once per file) and where the
@@ -95,8 +87,8 @@ pub fn add_exe_sites(loaded: &mut Loaded, pid: u32) -> Result<usize> {
     let sites = match recorded {
         Some(n) => n,
         None => {
-            let n = record_lib_sites(&mut loaded.ebpf, &path, (seg_off, seg_size), ALLOCATING)
-                .with_context(|| format!("{exe}: its unwind tables"))?;
+            let n = record_lib_sites(&mut loaded.ebpf, &data, (seg_off, seg_size), &allocating())
+                .with_context(|| exe.clone())?;
             if let Ok(id) = id {
                 loaded.lib_sites.insert(id);
                 loaded.exe_sites.insert(id, n);

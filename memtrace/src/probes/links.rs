@@ -266,7 +266,10 @@ fn add_lib_sites(loaded: &mut Loaded, lib: &Path, planned: &[Planned]) {
     if names.is_empty() || id.is_ok_and(|id| !loaded.lib_sites.insert(id)) {
         return;
     }
-    if let Err(e) = record_lib_sites(&mut loaded.ebpf, lib, segment, &names) {
+    let recorded = std::fs::read(lib)
+        .context("reading it")
+        .and_then(|data| record_lib_sites(&mut loaded.ebpf, &data, segment, &names));
+    if let Err(e) = recorded {
         loaded.notes.push(format!(
             "{}: {e:#}: allocations it makes on the program's behalf show no caller past it",
             lib.display()
@@ -274,16 +277,15 @@ fn add_lib_sites(loaded: &mut Loaded, lib: &Path, planned: &[Planned]) {
     }
 }
 
-/// Put the call sites of `names` in `lib`'s executable segment (file
-/// offset and size) in `LIB_SITES`; how many there are.
+/// Put the call sites of `names` in the executable segment (file offset
+/// and size) of the ELF file `data` in `LIB_SITES`; how many there are.
 pub(super) fn record_lib_sites(
     ebpf: &mut Ebpf,
-    lib: &Path,
+    data: &[u8],
     segment: (u64, u64),
     names: &[&str],
 ) -> Result<usize> {
-    let data = std::fs::read(lib).context("reading it")?;
-    let sites = callsites::call_sites(&data, segment.0, names).context("its unwind tables")?;
+    let sites = callsites::call_sites(data, segment.0, names).context("its unwind tables")?;
     let map = ebpf
         .map_mut(MAP_LIB_SITES)
         .ok_or_else(|| anyhow!("eBPF map {MAP_LIB_SITES} missing"))?;

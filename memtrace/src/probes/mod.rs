@@ -21,12 +21,13 @@ use std::{
 use anyhow::{Result, anyhow};
 use memtrace_common::func;
 
-use self::{elf::ElfSyms, prologue::Choice};
 pub use self::{
+    callsites::MAX_SITES,
     exe::add_exe_sites,
     links::{Links, Scope, attach, attach_allocators, attach_lifecycle, attach_loader},
     programs::{LoadOptions, Loaded, load},
 };
+use self::{elf::ElfSyms, prologue::Choice};
 
 /// An allocator entry point to probe.
 pub struct ProbeSpec {
