@@ -59,15 +59,25 @@ impl View {
     pub fn refresh(&mut self, col: &mut Collector, kc: &KernelCounters, now_ns: u64) -> Snapshot {
         let grace = EXIT_GRACE.as_nanos() as u64;
         let window = self.window.as_nanos() as u64;
-        // Processes that vanished without an exit event (it was lost).
+        // Processes that vanished without an exit event (it was lost). A
+        // process submits all its events before it is gone from /proc, so
+        // the ring is drained first: its last frees and its exit event may
+        // still be there, and would otherwise land in a fresh row.
         let gone: Vec<u32> = col
             .tracker
             .live()
             .map(|p| p.pid)
             .filter(|&pid| !procmaps::alive(pid))
             .collect();
+        if !gone.is_empty() && col.drain() > 0 {
+            col.resolve_new_stacks();
+        }
         for pid in gone {
-            col.tracker.on_exit(pid, now_ns);
+            // Still without its exit event, and not a new process that
+            // took the pid meanwhile.
+            if col.tracker.live().any(|p| p.pid == pid) && !procmaps::alive(pid) {
+                col.tracker.on_exit(pid, now_ns);
+            }
         }
         col.tracker.retain_exited(|p| {
             p.exited_ns
