@@ -90,14 +90,18 @@ pub const fn lib_site_value(cfa: u16, rbp_at: i16) -> u32 {
 /// [`MAP_LIB_SITES`] (built without frame pointers): [`ExeCode`].
 pub const MAP_EXE_CODE: &str = "EXE_CODE";
 
-/// Where a process's executable segment is mapped, and the key of its
-/// call sites in [`MAP_LIB_SITES`]. All zero: none.
+/// Where a process's executable segment is mapped and the key of its call
+/// sites in [`MAP_LIB_SITES`] (`tgid` 0: none), and the generation of
+/// [`MAP_LIB_SITES`]'s contents.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExeCode {
     /// The process.
     pub tgid: u32,
-    pub _pad: u32,
+    /// Bumped by userspace after each change to [`MAP_LIB_SITES`], for any
+    /// process: the eBPF side's per-CPU cache of sites looked up holds
+    /// entries of the current generation only.
+    pub sites_gen: u32,
     /// The segment's first byte in memory (its `p_vaddr` relocated).
     pub lo: u64,
     /// Its end.

@@ -104,9 +104,13 @@ pub fn add_exe_sites(loaded: &mut Loaded, pid: u32) -> Result<usize> {
         .map_mut(MAP_EXE_CODE)
         .ok_or_else(|| anyhow!("eBPF map {MAP_EXE_CODE} missing"))?;
     let mut map = Array::<_, ExeCode>::try_from(map)?;
+    let sites_gen = map
+        .get(&0, 0)
+        .with_context(|| format!("reading {MAP_EXE_CODE}"))?
+        .sites_gen;
     let code = ExeCode {
         tgid: pid,
-        _pad: 0,
+        sites_gen,
         lo,
         hi: lo + seg_size,
         units: seg_size.div_ceil(256),

@@ -17,7 +17,7 @@ use aya::{
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeError, UProbeLinkId, UProbeScope},
     },
 };
-use memtrace_common::{MAP_LIB_SITES, func, lib_site_key, lib_site_value};
+use memtrace_common::{ExeCode, MAP_EXE_CODE, MAP_LIB_SITES, func, lib_site_key, lib_site_value};
 
 use super::{
     CXX, LIBC, Planned, callsites, multi, plan,
@@ -292,14 +292,32 @@ pub(super) fn record_lib_sites(
     let mut map = aya::maps::HashMap::<_, u64, u32>::try_from(map)?;
     let units = segment.1.div_ceil(256);
     let total = sites.len();
+    let mut left_out = 0;
     for (i, s) in sites.into_iter().enumerate() {
         let key = lib_site_key(units, s.ra_off);
         if map.insert(key, lib_site_value(s.cfa, s.rbp_at), 0).is_err() {
-            bail!(
-                "{MAP_LIB_SITES} is full: {} of its {total} call sites left out",
-                total - i
-            );
+            left_out = total - i;
+            break;
         }
     }
+    new_sites_generation(ebpf)?;
+    if left_out > 0 {
+        bail!("{MAP_LIB_SITES} is full: {left_out} of its {total} call sites left out");
+    }
     Ok(total)
+}
+
+/// Tell the eBPF side that `LIB_SITES` changed: the lookups each CPU cached
+/// (a site's absence included) are of an older generation, and not used.
+fn new_sites_generation(ebpf: &mut Ebpf) -> Result<()> {
+    let map = ebpf
+        .map_mut(MAP_EXE_CODE)
+        .ok_or_else(|| anyhow!("eBPF map {MAP_EXE_CODE} missing"))?;
+    let mut map = aya::maps::Array::<_, ExeCode>::try_from(map)?;
+    let mut code = map
+        .get(&0, 0)
+        .with_context(|| format!("reading {MAP_EXE_CODE}"))?;
+    code.sites_gen = code.sites_gen.wrapping_add(1);
+    map.set(0, code, 0)
+        .with_context(|| format!("setting {MAP_EXE_CODE}"))
 }
