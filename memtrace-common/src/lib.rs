@@ -51,7 +51,7 @@ const _: () = assert!(size_of::<SampledKey>() == 16);
 /// call to malloc): key [`lib_site_key`], value [`lib_site_value`].
 pub const MAP_LIB_SITES: &str = "LIB_SITES";
 /// Entries of [`MAP_LIB_SITES`], over all libraries.
-pub const LIB_SITES_MAX: u32 = 16384;
+pub const LIB_SITES_MAX: u32 = 32768;
 /// How many library functions deep an allocation is followed out of the
 /// library (realpath → strdup → malloc is 2).
 pub const LIB_DEPTH: usize = 8;

@@ -1,9 +1,37 @@
 //! Allocations the C library makes on the program's behalf (strdup,
-//! asprintf, realpath) are attributed to the program's function that called
-//! it, found through glibc's unwind tables: glibc keeps no frame pointer,
-//! and the frame-pointer walk alone stopped at the library function.
+//! asprintf, realpath, a stream's buffer) are attributed to the program's
+//! function that called it, found through glibc's unwind tables: glibc
+//! keeps no frame pointer, and the frame-pointer walk alone stopped at the
+//! library function.
 
-use memtrace_tests::{require_ebpf, serial, trace_cmd, workload};
+use std::os::unix::fs::MetadataExt as _;
+
+use memtrace_tests::{report::Report, require_ebpf, serial, trace_cmd, workload};
+use serde_json::Value;
+
+/// The heap stacks in which `func` is a frame: (outstanding bytes, blocks,
+/// frame names).
+fn stacks_of(r: &Report, func: &str) -> Vec<(u64, u64, Vec<String>)> {
+    r.stacks()
+        .iter()
+        .filter(|s| s["kind"] == "heap")
+        .map(|s: &Value| {
+            let names: Vec<String> = s["frames"]
+                .as_array()
+                .map(|v| v.as_slice())
+                .unwrap_or_default()
+                .iter()
+                .map(|f| f["function"].as_str().unwrap_or("?").to_string())
+                .collect();
+            (
+                s["outstanding_bytes"].as_u64().unwrap_or(0),
+                s["outstanding_allocations"].as_u64().unwrap_or(0),
+                names,
+            )
+        })
+        .filter(|(_, _, names)| names.iter().any(|n| n == func))
+        .collect()
+}
 
 #[test]
 fn library_allocations_reach_their_callers() {
@@ -49,5 +77,38 @@ fn library_allocations_reach_their_callers() {
         }
         assert_eq!(found.len(), 1, "{func}: {found:?}\n{}", t.report.describe());
         assert_eq!(found[0].0, Some(bytes), "{func}: {found:?}");
+    }
+
+    // A stream's buffer: glibc reaches malloc through two calls by the
+    // stream's table of functions (to write or read, and to allocate the
+    // buffer), each a call through memory. Its size: BUFSIZ (8192), or the
+    // file's st_blksize when smaller.
+    for (func, path, entry) in [
+        ("leak_stream_written", "/dev/null", "fprintf"),
+        ("leak_stream_read", "/dev/zero", "fgets"),
+    ] {
+        let blksize = std::fs::metadata(path).map(|m| m.blksize()).unwrap_or(0);
+        let want = if blksize > 0 && blksize < 8192 {
+            blksize
+        } else {
+            8192
+        };
+        let found = stacks_of(&t.report, func);
+        assert_eq!(found.len(), 1, "{func}: {found:?}\n{}", t.report.describe());
+        let (bytes, blocks, names) = &found[0];
+        assert_eq!((*bytes, *blocks), (want, 1), "{func}: {names:?}");
+        let at = names.iter().position(|n| n == func).unwrap_or(0);
+        assert!(
+            at >= 4 && names[0].contains("doallocate") && names[at - 1].contains(entry),
+            "{func}: {names:?}, expected the stream's doallocate first and {entry} last"
+        );
+        assert_eq!(names.get(at + 1).map(String::as_str), Some("main"));
+    }
+    // The streams themselves: one FILE each, from fopen.
+    let files = stacks_of(&t.report, "open_stream");
+    assert_eq!(files.len(), 2, "{files:?}");
+    for (bytes, blocks, names) in &files {
+        assert!(*bytes > 0 && *blocks == 1, "{names:?}");
+        assert!(names[0].contains("fopen"), "{names:?}");
     }
 }

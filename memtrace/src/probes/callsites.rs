@@ -4,13 +4,17 @@
 //! malloc's return finds the library function but not who called it: the
 //! frame pointer register holds whatever that function kept in it.
 //!
-//! For each place in the library's code where an allocation function is
-//! called (directly, through the library's PLT, or through a library
-//! function that itself allocates, up to `LIB_DEPTH` levels), the library's
-//! `.eh_frame` says where, after the call returns, the function's own
-//! return address and its caller's frame pointer are: the eBPF return
-//! program looks the return address up and steps out of the library with
-//! one read per level.
+//! For each place in the code where a call returns, the file's `.eh_frame`
+//! says where the calling function's own return address and its caller's
+//! frame pointer are: the eBPF return program looks the return address up
+//! and steps out of the function with one read per level (up to
+//! `LIB_DEPTH`). For the allocator library that is every call it makes
+//! ([`Reach::Every`]): its allocations on the program's behalf reach the
+//! allocator through its own function pointers too (stdio allocates a
+//! stream's buffer through the stream's table of functions). For a
+//! program's executable, only the calls that lead to an allocation
+//! ([`Reach::Allocating`]): directly, through its PLT or GOT, or through
+//! its own functions that allocate, up to `LIB_DEPTH` levels.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -26,9 +30,22 @@ use object::{
 
 use memtrace_common::LIB_DEPTH;
 
-/// At most this many call sites per library (glibc 2.36 has 3,644 for its
-/// allocation and mapping functions).
+/// At most this many call sites per executable, nearest the allocator
+/// first (CPython 3.11 has more).
 pub const MAX_SITES: usize = 8192;
+
+/// At most this many call sites per allocator library (glibc 2.36 has
+/// 10,661).
+pub const MAX_LIB_SITES: usize = 16_384;
+
+/// Which calls of a file are sites.
+#[derive(Clone, Copy, Debug)]
+pub enum Reach<'a> {
+    /// Every call, direct or through a register or memory.
+    Every,
+    /// The calls that lead to these functions (symbol names).
+    Allocating(&'a [&'a str]),
+}
 
 /// One call site: the return address's offset from the start of the
 /// executable segment, and how to step out of the calling function there.
@@ -43,9 +60,13 @@ pub struct Site {
     pub rbp_at: i16,
 }
 
-/// The call sites of `allocators` (symbol names) in the ELF file `data`
-/// whose executable segment starts at file offset `seg_off`.
-pub fn call_sites(data: &[u8], seg_off: u64, allocators: &[&str]) -> Result<Vec<Site>> {
+/// The call sites `reach` names in the ELF file `data` whose executable
+/// segment starts at file offset `seg_off`.
+pub fn call_sites(data: &[u8], seg_off: u64, reach: Reach<'_>) -> Result<Vec<Site>> {
+    let allocators = match reach {
+        Reach::Every => &[][..],
+        Reach::Allocating(names) => names,
+    };
     let file = ElfFile64::<object::Endianness>::parse(data).context("parsing ELF")?;
     let seg = file
         .segments()
@@ -87,17 +108,41 @@ pub fn call_sites(data: &[u8], seg_off: u64, allocators: &[&str]) -> Result<Vec<
     };
     let mut ctx = UnwindContext::new();
     let code_range = seg_vaddr..seg_vaddr + seg.size();
-    let branches = branches(text.0, text.1, &got, &code_range);
+    let every = matches!(reach, Reach::Every);
+    let branches = branches(text.0, text.1, &got, &code_range, every);
+    let mut sites: HashMap<u64, Site> = HashMap::new();
+    // The function a call returns into, and how to step out of it there.
+    let mut site_at = |ra: u64| {
+        let fde = table
+            .fde_for_address(&eh_frame, &bases, ra, EhFrame::cie_from_offset)
+            .ok()?;
+        let site = fde
+            .unwind_info_for_address(&eh_frame, &bases, &mut ctx, ra)
+            .ok()
+            .and_then(|row| step_out_rule(row, ra, seg_vaddr));
+        Some((fde.initial_address(), site))
+    };
+    if every {
+        for b in branches.iter().filter(|b| b.call) {
+            if sites.len() >= MAX_LIB_SITES {
+                break;
+            }
+            if let Some((_, Some(site))) = site_at(b.ra) {
+                sites.insert(site.ra_off, site);
+            }
+        }
+        return Ok(sorted(sites));
+    }
 
     // Breadth first: calls to the allocators, then calls to the functions
     // making those, ...
-    let mut sites: HashMap<u64, Site> = HashMap::new();
     let mut seen_fns: HashSet<u64> = HashSet::new();
     for level in 0..LIB_DEPTH {
         let reaches = |targets: &HashSet<u64>, dest: Dest| match dest {
             Dest::Addr(a) => targets.contains(&a),
             // The allocators themselves, through the GOT: the first level.
             Dest::Wanted => level == 0,
+            Dest::Unknown => false,
         };
         // A function that jumps to a target (a tail call) returns where the
         // target returns: calls to it are calls to the target.
@@ -121,53 +166,57 @@ pub fn call_sites(data: &[u8], seg_off: u64, allocators: &[&str]) -> Result<Vec<
             if sites.len() >= MAX_SITES {
                 break;
             }
-            let ra = b.ra;
-            let Ok(fde) = table.fde_for_address(&eh_frame, &bases, ra, EhFrame::cie_from_offset)
-            else {
+            let Some((f, site)) = site_at(b.ra) else {
                 continue;
             };
-            if seen_fns.insert(fde.initial_address()) {
-                callers.insert(fde.initial_address());
+            if seen_fns.insert(f) {
+                callers.insert(f);
             }
-            let Ok(row) = fde.unwind_info_for_address(&eh_frame, &bases, &mut ctx, ra) else {
-                continue;
-            };
-            // A function with a frame pointer is walked like any other.
-            let CfaRule::RegisterAndOffset { register, offset } = *row.cfa() else {
-                continue;
-            };
-            if register != X86_64::RSP {
-                continue;
+            if let Some(site) = site {
+                sites.insert(site.ra_off, site);
             }
-            let rbp_at = match row.register(X86_64::RBP) {
-                None | Some(RegisterRule::SameValue | RegisterRule::Undefined) => 0,
-                Some(RegisterRule::Offset(n)) => n,
-                Some(_) => continue,
-            };
-            let (Ok(cfa), Ok(rbp_at)) = (u16::try_from(offset), i16::try_from(rbp_at)) else {
-                continue;
-            };
-            if cfa < 8 || ra < seg_vaddr {
-                continue;
-            }
-            let ra_off = ra - seg_vaddr;
-            sites.insert(
-                ra_off,
-                Site {
-                    ra_off,
-                    cfa,
-                    rbp_at,
-                },
-            );
         }
         if callers.is_empty() {
             break;
         }
         targets = callers.into_iter().collect();
     }
+    Ok(sorted(sites))
+}
+
+fn sorted(sites: HashMap<u64, Site>) -> Vec<Site> {
     let mut v: Vec<Site> = sites.into_values().collect();
     v.sort_by_key(|s| s.ra_off);
-    Ok(v)
+    v
+}
+
+/// How to step out of a function at return address `ra`, from its unwind
+/// row there: `None` if the row is not one the eBPF program follows (a CFA
+/// off the stack pointer, the frame pointer saved or left alone).
+fn step_out_rule(row: &gimli::UnwindTableRow<usize>, ra: u64, seg_vaddr: u64) -> Option<Site> {
+    // A function with a frame pointer is walked like any other.
+    let CfaRule::RegisterAndOffset { register, offset } = *row.cfa() else {
+        return None;
+    };
+    if register != X86_64::RSP {
+        return None;
+    }
+    let rbp_at = match row.register(X86_64::RBP) {
+        None | Some(RegisterRule::SameValue | RegisterRule::Undefined) => 0,
+        Some(RegisterRule::Offset(n)) => n,
+        Some(_) => return None,
+    };
+    let (Ok(cfa), Ok(rbp_at)) = (u16::try_from(offset), i16::try_from(rbp_at)) else {
+        return None;
+    };
+    if cfa < 8 || ra < seg_vaddr {
+        return None;
+    }
+    Some(Site {
+        ra_off: ra - seg_vaddr,
+        cfa,
+        rbp_at,
+    })
 }
 
 /// A section's address and bytes.
@@ -188,6 +237,8 @@ enum Dest {
     Addr(u64),
     /// To an allocator the file imports, through its GOT slot.
     Wanted,
+    /// Through a register or memory.
+    Unknown,
 }
 
 /// A call or jump found in the code.
@@ -211,14 +262,17 @@ enum Slot {
 /// The calls and jumps in `code` (at `addr`): `call`/`jmp rel32` into
 /// `code_range` (the executable segment), and `call`/`jmp *disp32(%rip)`
 /// through a GOT slot in `got` (how code built without a PLT, Rust's among
-/// it, calls functions). Bytes are scanned, not decoded: a false match
+/// it, calls functions); with `indirect`, also every other `call` through a
+/// register or memory. Bytes are scanned, not decoded: a false match
 /// inside another instruction yields an address no call returns to, never
-/// looked up (most land outside the segment and are not kept).
+/// looked up (most land outside the segment and are not kept), and where
+/// it happens to be a real return address, its unwind row is still right.
 fn branches(
     addr: u64,
     code: &[u8],
     got: &HashMap<u64, Slot>,
     code_range: &std::ops::Range<u64>,
+    indirect: bool,
 ) -> Vec<Branch> {
     let mut out = Vec::new();
     for i in 0..code.len() {
@@ -245,6 +299,7 @@ fn branches(
                 let dest = match got.get(&ra.wrapping_add_signed(i64::from(disp))) {
                     Some(Slot::Addr(x)) => Dest::Addr(*x),
                     Some(Slot::Wanted) => Dest::Wanted,
+                    None if indirect => Dest::Unknown,
                     None => continue,
                 };
                 out.push(Branch {
@@ -254,10 +309,40 @@ fn branches(
                     dest,
                 });
             }
+            [0xff, modrm, rest @ ..] if indirect => {
+                if let Some(len) = indirect_call_len(*modrm, rest.first().copied()) {
+                    out.push(Branch {
+                        at,
+                        ra: at + len,
+                        call: true,
+                        dest: Dest::Unknown,
+                    });
+                }
+            }
             _ => {}
         }
     }
     out
+}
+
+/// The length of `call *r/m64` (`ff /2`, any REX prefix left out) from its
+/// ModRM byte and the byte after it (the SIB byte, when there is one); not
+/// `call *disp32(%rip)`, which `branches` reads for its slot.
+fn indirect_call_len(modrm: u8, sib: Option<u8>) -> Option<u64> {
+    let (mode, reg, rm) = (modrm >> 6, (modrm >> 3) & 7, modrm & 7);
+    if reg != 2 {
+        return None;
+    }
+    let has_sib = mode != 3 && rm == 4;
+    // With mode 0, a SIB byte with base 5 means a disp32 and no base.
+    let disp = match mode {
+        0 if rm == 5 => return None,
+        0 if has_sib && sib? & 7 == 5 => 4,
+        0 | 3 => 0,
+        1 => 1,
+        _ => 4,
+    };
+    Some(2 + u64::from(has_sib) + disp)
 }
 
 /// The GOT slots a dynamic relocation fills with an allocator named in
@@ -342,7 +427,7 @@ mod tests {
             0xfb, 0xff, 0xff, 0xff,
         ];
         let got: HashMap<u64, Slot> = [(0x1021u64, Slot::Wanted)].into_iter().collect();
-        let b = branches(0x1000, &code, &got, &(0x1000..0x1100));
+        let b = branches(0x1000, &code, &got, &(0x1000..0x1100), false);
         let found: Vec<(u64, bool, Dest)> = b.iter().map(|b| (b.ra, b.call, b.dest)).collect();
         assert!(
             found.contains(&(0x1005, true, Dest::Addr(0x1005))),
@@ -356,6 +441,83 @@ mod tests {
         assert!(
             found.contains(&(0x1016, false, Dest::Addr(0x1011))),
             "{found:?}"
+        );
+    }
+
+    #[test]
+    fn indirect_call_lengths() {
+        for (code, want) in [
+            (&[0xff, 0xd0][..], Some(2)),               // call *%rax
+            (&[0xff, 0x10], Some(2)),                   // call *(%rax)
+            (&[0xff, 0x14, 0x24], Some(3)),             // call *(%rsp)
+            (&[0xff, 0x14, 0x25, 0, 0, 0, 0], Some(7)), // call *disp32
+            (&[0xff, 0x50, 0x38], Some(3)),             // call *0x38(%rax)
+            (&[0xff, 0x54, 0x24, 0x08], Some(4)),       // call *0x8(%rsp)
+            (&[0xff, 0x90, 0, 1, 0, 0], Some(6)),       // call *0x100(%rax)
+            (&[0xff, 0x94, 0xc8, 0, 1, 0, 0], Some(7)), // call *0x100(%rax,%rcx,8)
+            (&[0xff, 0x15, 0, 0, 0, 0], None),          // call *disp32(%rip)
+            (&[0xff, 0xe0], None),                      // jmp *%rax
+            (&[0xff, 0x50 ^ 0x18, 0x38], None),         // push/other /n
+        ] {
+            assert_eq!(
+                indirect_call_len(code[1], code.get(2).copied()),
+                want,
+                "{code:x?}"
+            );
+        }
+        // Found in code, with the return address after them.
+        let code = [0x41, 0xff, 0xd3, 0x90, 0xff, 0x50, 0x38];
+        let b = branches(0x1000, &code, &HashMap::new(), &(0x1000..0x1100), true);
+        let found: Vec<(u64, Dest)> = b
+            .iter()
+            .filter(|b| b.call)
+            .map(|b| (b.ra, b.dest))
+            .collect();
+        assert_eq!(found, [(0x1003, Dest::Unknown), (0x1007, Dest::Unknown)]);
+        assert!(branches(0x1000, &code, &HashMap::new(), &(0x1000..0x1100), false).is_empty());
+    }
+
+    /// The host's glibc, every call: the stream functions' calls through
+    /// their tables (how a stream's buffer is allocated) are sites too.
+    #[test]
+    fn host_libc_every_call() {
+        let libc = crate::probes::host_libc().expect("the host's libc");
+        let data = std::fs::read(&libc).expect("reading libc");
+        let file = ElfFile64::<object::Endianness>::parse(&*data).expect("libc is ELF");
+        let seg = file
+            .segments()
+            .find(|s| s.flags() == object::SegmentFlags::Elf { p_flags: 5 })
+            .expect("libc has an executable segment");
+        let (seg_off, _) = seg.file_range();
+        let (start, size) = file
+            .dynamic_symbols()
+            .find(|s| s.name() == Ok("_IO_doallocbuf"))
+            .map(|s| (s.address(), s.size()))
+            .expect("libc defines _IO_doallocbuf");
+        let every = call_sites(&data, seg_off, Reach::Every).expect("call sites");
+        let allocating =
+            call_sites(&data, seg_off, Reach::Allocating(&["malloc"])).expect("call sites");
+        // The calls through memory in _IO_doallocbuf's code.
+        let (text_addr, text) = section(&file, ".text").expect(".text");
+        let from = usize::try_from(start - text_addr).expect("offset");
+        let code = &text[from..from + usize::try_from(size).expect("size")];
+        let indirect: Vec<u64> = branches(start, code, &HashMap::new(), &(0..0), true)
+            .iter()
+            .filter(|b| b.call && b.dest == Dest::Unknown)
+            .map(|b| b.ra - seg.address())
+            .collect();
+        assert!(!indirect.is_empty(), "no call through memory found");
+        let has = |sites: &[Site], ra_off: u64| sites.iter().any(|s| s.ra_off == ra_off);
+        assert!(indirect.iter().any(|&ra| has(&every, ra)), "{indirect:x?}");
+        assert!(
+            !indirect.iter().any(|&ra| has(&allocating, ra)),
+            "{indirect:x?}"
+        );
+        assert!(
+            every.len() > allocating.len() && every.len() <= MAX_LIB_SITES,
+            "{} sites, {} allocating",
+            every.len(),
+            allocating.len()
         );
     }
 
@@ -377,7 +539,7 @@ mod tests {
             .find(|s| s.name() == Ok("strdup"))
             .map(|s| (s.address(), s.size()))
             .expect("libc defines strdup");
-        let sites = call_sites(&data, seg_off, &["malloc"]).expect("call sites");
+        let sites = call_sites(&data, seg_off, Reach::Allocating(&["malloc"])).expect("call sites");
         let inside: Vec<&Site> = sites
             .iter()
             .filter(|s| {

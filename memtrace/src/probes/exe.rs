@@ -17,7 +17,7 @@ use aya::maps::Array;
 use memtrace_common::{ExeCode, MAP_EXE_CODE};
 use object::{Object as _, ObjectSegment as _, read::elf::ElfFile64};
 
-use super::{CXX, LIBC, Loaded, links::record_lib_sites, symbol_names};
+use super::{CXX, LIBC, Loaded, callsites::Reach, links::record_lib_sites, symbol_names};
 use crate::procmaps;
 
 /// What the program may call that allocates and returns where the
@@ -87,8 +87,13 @@ pub fn add_exe_sites(loaded: &mut Loaded, pid: u32) -> Result<usize> {
     let sites = match recorded {
         Some(n) => n,
         None => {
-            let n = record_lib_sites(&mut loaded.ebpf, &data, (seg_off, seg_size), &allocating())
-                .with_context(|| exe.clone())?;
+            let n = record_lib_sites(
+                &mut loaded.ebpf,
+                &data,
+                (seg_off, seg_size),
+                Reach::Allocating(&allocating()),
+            )
+            .with_context(|| exe.clone())?;
             if let Ok(id) = id {
                 loaded.lib_sites.insert(id);
                 loaded.exe_sites.insert(id, n);

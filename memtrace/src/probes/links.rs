@@ -20,7 +20,9 @@ use aya::{
 use memtrace_common::{ExeCode, MAP_EXE_CODE, MAP_LIB_SITES, func, lib_site_key, lib_site_value};
 
 use super::{
-    CXX, LIBC, Planned, callsites, multi, plan,
+    CXX, LIBC, Planned,
+    callsites::{self, Reach},
+    multi, plan,
     programs::{ENTRY_PROGRAM, LOADER_PROGRAM, Loaded, RET_PROGRAM, UProbes, uprobe},
 };
 
@@ -251,24 +253,25 @@ pub fn attach_allocators(
     Ok(all)
 }
 
-/// Put the call sites of `lib`'s allocation functions inside `lib` itself
-/// (see `callsites`) in `LIB_SITES`, once per library. A library whose
-/// sites cannot all be recorded only loses those callers (its allocations
-/// still count, with the frames the walk finds): a note says which.
+/// Put every call site of `lib` (see `callsites`) in `LIB_SITES`, once per
+/// library with allocation functions that have return probes. A library
+/// whose sites cannot all be recorded only loses those callers (its
+/// allocations still count, with the frames the walk finds): a note says
+/// which.
 fn add_lib_sites(loaded: &mut Loaded, lib: &Path, planned: &[Planned]) {
     let Some(segment) = planned.first().map(|p| p.segment) else {
         return;
     };
-    let names: Vec<&str> = planned.iter().filter(|p| p.ret).map(|p| p.symbol).collect();
+    let returns = planned.iter().any(|p| p.ret);
     // By file identity: `lib` is often a /proc/self/fd/N path, whose
     // number a later, different file may get.
     let id = std::fs::metadata(lib).map(|m| (m.dev(), m.ino(), segment.0));
-    if names.is_empty() || id.is_ok_and(|id| !loaded.lib_sites.insert(id)) {
+    if !returns || id.is_ok_and(|id| !loaded.lib_sites.insert(id)) {
         return;
     }
     let recorded = std::fs::read(lib)
         .context("reading it")
-        .and_then(|data| record_lib_sites(&mut loaded.ebpf, &data, segment, &names));
+        .and_then(|data| record_lib_sites(&mut loaded.ebpf, &data, segment, Reach::Every));
     if let Err(e) = recorded {
         loaded.notes.push(format!(
             "{}: {e:#}: allocations it makes on the program's behalf show no caller past it",
@@ -277,15 +280,15 @@ fn add_lib_sites(loaded: &mut Loaded, lib: &Path, planned: &[Planned]) {
     }
 }
 
-/// Put the call sites of `names` in the executable segment (file offset
+/// Put the call sites `reach` names in the executable segment (file offset
 /// and size) of the ELF file `data` in `LIB_SITES`; how many there are.
 pub(super) fn record_lib_sites(
     ebpf: &mut Ebpf,
     data: &[u8],
     segment: (u64, u64),
-    names: &[&str],
+    reach: Reach<'_>,
 ) -> Result<usize> {
-    let sites = callsites::call_sites(data, segment.0, names).context("its unwind tables")?;
+    let sites = callsites::call_sites(data, segment.0, reach).context("its unwind tables")?;
     let map = ebpf
         .map_mut(MAP_LIB_SITES)
         .ok_or_else(|| anyhow!("eBPF map {MAP_LIB_SITES} missing"))?;
