@@ -272,11 +272,17 @@ fn add_lib_sites(loaded: &mut Loaded, lib: &Path, planned: &[Planned]) {
     let recorded = std::fs::read(lib)
         .context("reading it")
         .and_then(|data| record_lib_sites(&mut loaded.ebpf, &data, segment, Reach::Every));
-    if let Err(e) = recorded {
-        loaded.notes.push(format!(
+    match recorded {
+        Err(e) => loaded.notes.push(format!(
             "{}: {e:#}: allocations it makes on the program's behalf show no caller past it",
             lib.display()
-        ));
+        )),
+        Ok(n) if n >= callsites::MAX_LIB_SITES => loaded.notes.push(format!(
+            "{}: only its first {n} call sites are followed: allocations it makes on the \
+             program's behalf from code past them show no caller past it",
+            lib.display()
+        )),
+        Ok(_) => {}
     }
 }
 
