@@ -108,7 +108,7 @@ pub struct Tuning {
     pub floor_phases: Option<PathBuf>,
 
     /// Ring buffer size in bytes (a power of two, multiple of the page size).
-    #[arg(long, hide = true, global = true, default_value_t = 16 << 20)]
+    #[arg(long, hide = true, global = true, default_value_t = 32 << 20)]
     pub ring_bytes: u32,
 
     /// Bound on outstanding allocations tracked, over all processes (about

@@ -32,8 +32,8 @@ use crate::{
     tracker::{Limits, Tracker},
 };
 
-/// How often the ring buffer (and the terminal) is polled. The 16 MiB ring
-/// holds ~220 ms of events at 1M events/s, so 10 ms keeps up with any load
+/// How often the ring buffer (and the terminal) is polled. The 32 MiB ring
+/// holds ~250 ms of events at 1M events/s, so 10 ms keeps up with any load
 /// while costing memtrace few wake-ups (`report` polls every 2 ms, for
 /// processes that may exit any moment).
 const DRAIN_EVERY: Duration = Duration::from_millis(10);

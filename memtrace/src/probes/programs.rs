@@ -45,7 +45,7 @@ impl Default for LoadOptions {
         Self {
             target_tgid: 0,
             floor: memtrace_common::floor::OFF,
-            ring_bytes: 16 << 20,
+            ring_bytes: 32 << 20,
             sample_bytes: 0,
         }
     }
