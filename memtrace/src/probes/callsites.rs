@@ -477,10 +477,9 @@ mod tests {
         assert!(branches(0x1000, &code, &HashMap::new(), &(0x1000..0x1100), false).is_empty());
     }
 
-    /// The host's glibc, every call: the stream functions' calls through
-    /// their tables (how a stream's buffer is allocated) are sites too.
-    #[test]
-    fn host_libc_every_call() {
+    /// The host's glibc: its bytes, its executable segment's file offset
+    /// and address, and the address and size of its function `name`.
+    fn host_libc_function(name: &str) -> (Vec<u8>, (u64, u64), (u64, u64)) {
         let libc = crate::probes::host_libc().expect("the host's libc");
         let data = std::fs::read(&libc).expect("reading libc");
         let file = ElfFile64::<object::Endianness>::parse(&*data).expect("libc is ELF");
@@ -488,12 +487,21 @@ mod tests {
             .segments()
             .find(|s| s.flags() == object::SegmentFlags::Elf { p_flags: 5 })
             .expect("libc has an executable segment");
-        let (seg_off, _) = seg.file_range();
-        let (start, size) = file
+        let segment = (seg.file_range().0, seg.address());
+        let function = file
             .dynamic_symbols()
-            .find(|s| s.name() == Ok("_IO_doallocbuf"))
+            .find(|s| s.name() == Ok(name))
             .map(|s| (s.address(), s.size()))
-            .expect("libc defines _IO_doallocbuf");
+            .unwrap_or_else(|| panic!("libc defines {name}"));
+        (data, segment, function)
+    }
+
+    /// The host's glibc, every call: the stream functions' calls through
+    /// their tables (how a stream's buffer is allocated) are sites too.
+    #[test]
+    fn host_libc_every_call() {
+        let (data, (seg_off, seg_addr), (start, size)) = host_libc_function("_IO_doallocbuf");
+        let file = ElfFile64::<object::Endianness>::parse(&*data).expect("libc is ELF");
         let every = call_sites(&data, seg_off, Reach::Every).expect("call sites");
         let allocating =
             call_sites(&data, seg_off, Reach::Allocating(&["malloc"])).expect("call sites");
@@ -504,7 +512,7 @@ mod tests {
         let indirect: Vec<u64> = branches(start, code, &HashMap::new(), &(0..0), true)
             .iter()
             .filter(|b| b.call && b.dest == Dest::Unknown)
-            .map(|b| b.ra - seg.address())
+            .map(|b| b.ra - seg_addr)
             .collect();
         assert!(!indirect.is_empty(), "no call through memory found");
         let has = |sites: &[Site], ra_off: u64| sites.iter().any(|s| s.ra_off == ra_off);
@@ -526,24 +534,12 @@ mod tests {
     /// length in rbp).
     #[test]
     fn host_libc_strdup_calls_malloc() {
-        let libc = crate::probes::host_libc().expect("the host's libc");
-        let data = std::fs::read(&libc).expect("reading libc");
-        let file = ElfFile64::<object::Endianness>::parse(&*data).expect("libc is ELF");
-        let seg = file
-            .segments()
-            .find(|s| s.flags() == object::SegmentFlags::Elf { p_flags: 5 })
-            .expect("libc has an executable segment");
-        let (seg_off, _) = seg.file_range();
-        let (start, size) = file
-            .dynamic_symbols()
-            .find(|s| s.name() == Ok("strdup"))
-            .map(|s| (s.address(), s.size()))
-            .expect("libc defines strdup");
+        let (data, (seg_off, seg_addr), (start, size)) = host_libc_function("strdup");
         let sites = call_sites(&data, seg_off, Reach::Allocating(&["malloc"])).expect("call sites");
         let inside: Vec<&Site> = sites
             .iter()
             .filter(|s| {
-                let ra = s.ra_off + seg.address();
+                let ra = s.ra_off + seg_addr;
                 ra > start && ra <= start + size
             })
             .collect();
