@@ -311,6 +311,13 @@ pub fn stack_allocs(s: &Value) -> u64 {
 pub fn frames(s: &Value) -> &[Value] {
     s["frames"].as_array().map(Vec::as_slice).unwrap_or(&[])
 }
+/// Function names of the frames, innermost first ("?" where unknown).
+pub fn frame_names(s: &Value) -> Vec<String> {
+    frames(s)
+        .iter()
+        .map(|f| f["function"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
 /// Function name of frame `i` (innermost first), if symbolized.
 pub fn frame_fn(s: &Value, i: usize) -> Option<&str> {
     frames(s).get(i).and_then(|f| f["function"].as_str())

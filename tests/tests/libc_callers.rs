@@ -6,8 +6,10 @@
 
 use std::os::unix::fs::MetadataExt as _;
 
-use memtrace_tests::{report::Report, require_ebpf, serial, trace_cmd, workload};
-use serde_json::Value;
+use memtrace_tests::{
+    report::{Report, frame_names, stack_allocs, stack_bytes},
+    require_ebpf, serial, trace_cmd, workload,
+};
 
 /// The heap stacks in which `func` is a frame: (outstanding bytes, blocks,
 /// frame names).
@@ -15,20 +17,7 @@ fn stacks_of(r: &Report, func: &str) -> Vec<(u64, u64, Vec<String>)> {
     r.stacks()
         .iter()
         .filter(|s| s["kind"] == "heap")
-        .map(|s: &Value| {
-            let names: Vec<String> = s["frames"]
-                .as_array()
-                .map(|v| v.as_slice())
-                .unwrap_or_default()
-                .iter()
-                .map(|f| f["function"].as_str().unwrap_or("?").to_string())
-                .collect();
-            (
-                s["outstanding_bytes"].as_u64().unwrap_or(0),
-                s["outstanding_allocations"].as_u64().unwrap_or(0),
-                names,
-            )
-        })
+        .map(|s| (stack_bytes(s), stack_allocs(s), frame_names(s)))
         .filter(|(_, _, names)| names.iter().any(|n| n == func))
         .collect()
 }
@@ -40,43 +29,28 @@ fn library_allocations_reach_their_callers() {
     }
     let _g = serial();
     let t = trace_cmd(&[], &workload("libc_callers"), &[]);
-    let stacks = t.report.json["stacks"]
-        .as_array()
-        .map(|v| v.as_slice())
-        .unwrap_or_default();
     for (func, bytes, via) in [
         ("leak_strdup", 27u64, &["strdup"][..]),
         ("leak_strndup", 5, &["strndup"]),
         ("leak_asprintf", 11, &["vasprintf", "asprintf"]),
         ("leak_realpath", 2, &["strdup", "realpath"]),
     ] {
-        let mut found = Vec::new();
-        for s in stacks.iter().filter(|s| s["kind"] == "heap") {
-            let names: Vec<&str> = s["frames"]
-                .as_array()
-                .map(|v| v.as_slice())
-                .unwrap_or_default()
-                .iter()
-                .map(|f| f["function"].as_str().unwrap_or("?"))
-                .collect();
-            let Some(at) = names.iter().position(|n| *n == func) else {
-                continue;
-            };
-            found.push((s["outstanding_bytes"].as_u64(), names[..at].join(" < ")));
-            // The frames above the program's function are the library's,
-            // in calling order, and then main called it.
-            assert_eq!(at, via.len(), "{func}: {names:?}");
-            for (n, v) in names.iter().zip(via.iter()) {
-                assert!(n.contains(v), "{func}: {names:?}, expected {via:?} first");
-            }
-            assert_eq!(
-                names.get(at + 1).copied(),
-                Some("main"),
-                "{func}: {names:?}"
-            );
-        }
+        let found = stacks_of(&t.report, func);
         assert_eq!(found.len(), 1, "{func}: {found:?}\n{}", t.report.describe());
-        assert_eq!(found[0].0, Some(bytes), "{func}: {found:?}");
+        let (got, _, names) = &found[0];
+        let at = names.iter().position(|n| n == func).unwrap_or(0);
+        // The frames above the program's function are the library's, in
+        // calling order, and then main called it.
+        assert_eq!(at, via.len(), "{func}: {names:?}");
+        for (n, v) in names.iter().zip(via.iter()) {
+            assert!(n.contains(v), "{func}: {names:?}, expected {via:?} first");
+        }
+        assert_eq!(
+            names.get(at + 1).map(String::as_str),
+            Some("main"),
+            "{func}: {names:?}"
+        );
+        assert_eq!(*got, bytes, "{func}: {names:?}");
     }
 
     // A stream's buffer: glibc reaches malloc through two calls by the

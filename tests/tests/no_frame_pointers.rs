@@ -5,21 +5,9 @@
 //! leaked, and each leak must be attributed to it, with exact bytes.
 
 use memtrace_tests::{
-    report::{Report, base_name},
+    report::{Report, base_name, frame_names, stack_allocs, stack_bytes},
     require_ebpf, serial, trace_cmd, workload, workload_with,
 };
-use serde_json::Value;
-
-/// The frames' function names of a heap stack.
-fn names(s: &Value) -> Vec<String> {
-    s["frames"]
-        .as_array()
-        .map(|v| v.as_slice())
-        .unwrap_or_default()
-        .iter()
-        .map(|f| f["function"].as_str().unwrap_or("?").to_string())
-        .collect()
-}
 
 /// Outstanding (bytes, blocks) of the heap stacks in which `func` is a
 /// frame, each checked to continue with `caller` (when given) and to have
@@ -32,7 +20,7 @@ fn attributed(
 ) -> (u64, u64) {
     let mut total = (0, 0);
     for s in r.stacks().iter().filter(|s| s["kind"] == "heap") {
-        let names = names(s);
+        let names = frame_names(s);
         let Some(at) = names.iter().position(|n| base_name(n) == func) else {
             continue;
         };
@@ -49,8 +37,8 @@ fn attributed(
                 "{func}: {names:?}"
             );
         }
-        total.0 += s["outstanding_bytes"].as_u64().unwrap_or(0);
-        total.1 += s["outstanding_allocations"].as_u64().unwrap_or(0);
+        total.0 += stack_bytes(s);
+        total.1 += stack_allocs(s);
     }
     total
 }
