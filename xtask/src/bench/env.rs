@@ -29,7 +29,10 @@ pub(super) struct Env {
     pub(super) python: PathBuf,
     pub(super) bpftrace: Result<PathBuf, String>,
     pub(super) heaptrack: Result<PathBuf, String>,
+    /// bcc memleak's probe set.
     pub(super) bt_script: PathBuf,
+    /// malloc and free only (the bench's script before memleak's set).
+    pub(super) bt_script_malloc_free: PathBuf,
     pub(super) libc: String,
     /// Runs so far, and those during which another (foreign) tracer had
     /// system-wide probes attached.
@@ -112,6 +115,8 @@ pub(super) fn prepare(ctx: &Ctx, memtrace: PathBuf) -> Result<Env> {
         .unwrap_or_else(|| "/lib/x86_64-linux-gnu/libc.so.6".to_owned());
     let bt_script = tmp.join("memleak.bt");
     fs::write(&bt_script, bpftrace_script(&libc))?;
+    let bt_script_malloc_free = tmp.join("memleak-malloc-free.bt");
+    fs::write(&bt_script_malloc_free, bpftrace_malloc_free_script(&libc))?;
     Ok(Env {
         memtrace,
         bin,
@@ -121,6 +126,7 @@ pub(super) fn prepare(ctx: &Ctx, memtrace: PathBuf) -> Result<Env> {
         bpftrace: tool("bpftrace"),
         heaptrack: tool("heaptrack"),
         bt_script,
+        bt_script_malloc_free,
         libc,
         built,
         runs: StdCell::new(0),
@@ -130,15 +136,73 @@ pub(super) fn prepare(ctx: &Ctx, memtrace: PathBuf) -> Result<Env> {
     })
 }
 
-/// bcc's memleak for malloc/free, in bpftrace: the size by thread at
-/// malloc's entry; at its return, address → size and the user stack; free
-/// deletes both. `$1` is the workload's pid (bcc's `memleak -p`); bpftrace
-/// 0.17 plants the probes in every process anyway (measured: `-p` does not
-/// scope uprobes), so this is a system-wide tracer. At exit bpftrace prints
-/// what is outstanding, with stacks.
+/// bcc's memleak in bpftrace, with memleak's probe set: malloc, calloc,
+/// realloc, posix_memalign, memalign, aligned_alloc, valloc, pvalloc and
+/// mmap save the size by thread at entry; at their return, address → size
+/// and the user stack; realloc's entry, free and munmap delete the old
+/// address. `$1` is the workload's pid (bcc's `memleak -p`); bpftrace 0.17
+/// plants the probes in every process anyway (measured: `-p` does not scope
+/// uprobes), so this is a system-wide tracer. At exit bpftrace prints what
+/// is outstanding, with stacks.
 fn bpftrace_script(libc: &str) -> String {
+    let at = |kind: &str, fs: &[&str]| {
+        fs.iter()
+            .map(|f| format!("{kind}:{libc}:{f}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let returns = [
+        "malloc",
+        "calloc",
+        "realloc",
+        "memalign",
+        "aligned_alloc",
+        "valloc",
+        "pvalloc",
+        "mmap",
+    ];
     format!(
         "// memleak-like: written by cargo xtask bench\n\
+         {} /pid == $1/ {{ @size[tid] = arg0; }}\n\
+         {} /pid == $1/ {{ @size[tid] = arg0 * arg1; }}\n\
+         {} /pid == $1/ {{ @size[tid] = arg1; }}\n\
+         {} /pid == $1/ {{\n\
+         \x20 delete(@sizes[arg0]);\n\
+         \x20 delete(@stacks[arg0]);\n\
+         \x20 @size[tid] = arg1;\n\
+         }}\n\
+         {} /pid == $1/ {{ @memptr[tid] = arg0; @size[tid] = arg2; }}\n\
+         {} /pid == $1 && @size[tid]/ {{\n\
+         \x20 @sizes[retval] = @size[tid];\n\
+         \x20 @stacks[retval] = ustack;\n\
+         \x20 delete(@size[tid]);\n\
+         }}\n\
+         {} /pid == $1 && @size[tid]/ {{\n\
+         \x20 $p = *uptr((uint64 *)@memptr[tid]);\n\
+         \x20 @sizes[$p] = @size[tid];\n\
+         \x20 @stacks[$p] = ustack;\n\
+         \x20 delete(@size[tid]);\n\
+         \x20 delete(@memptr[tid]);\n\
+         }}\n\
+         {} /pid == $1/ {{ delete(@sizes[arg0]); delete(@stacks[arg0]); }}\n",
+        at("uprobe", &["malloc", "valloc", "pvalloc"]),
+        at("uprobe", &["calloc"]),
+        at("uprobe", &["memalign", "aligned_alloc", "mmap"]),
+        at("uprobe", &["realloc"]),
+        at("uprobe", &["posix_memalign"]),
+        at("uretprobe", &returns),
+        at("uretprobe", &["posix_memalign"]),
+        at("uprobe", &["free", "munmap"]),
+    )
+}
+
+/// The script the bench ran before it had memleak's probe set: malloc and
+/// free only (the entry, return and free probes above, for those two). On
+/// workloads that call calloc or realloc it does less than memtrace and
+/// memleak do; kept as a column for comparison with earlier tables.
+fn bpftrace_malloc_free_script(libc: &str) -> String {
+    format!(
+        "// memleak-like, malloc and free only: written by cargo xtask bench\n\
          uprobe:{libc}:malloc /pid == $1/ {{ @size[tid] = arg0; }}\n\
          uretprobe:{libc}:malloc /pid == $1 && @size[tid]/ {{\n\
          \x20 @sizes[retval] = @size[tid];\n\

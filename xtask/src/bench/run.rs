@@ -188,7 +188,7 @@ pub(super) fn run(env: &Env, wl: &Workload, cfg: Config) -> Result<Sample> {
                 round: 0,
             })
         }
-        Config::Bpftrace => {
+        Config::Bpftrace | Config::BpftraceMallocFree => {
             let bpftrace = env.bpftrace.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
             let mut w = env.workload(&argv, &log, true)?;
             let before = proc::libc_text_anon_kib(w.pid).unwrap_or(0);
@@ -198,7 +198,11 @@ pub(super) fn run(env: &Env, wl: &Workload, cfg: Config) -> Result<Sample> {
             // bpftrace's default (4096) would drop most of them.
             cmd.env("BPFTRACE_MAP_KEYS_MAX", "1000000")
                 .args(["-p", &pid])
-                .arg(&env.bt_script)
+                .arg(if cfg == Config::Bpftrace {
+                    &env.bt_script
+                } else {
+                    &env.bt_script_malloc_free
+                })
                 .arg(&pid);
             let out = Sink::log(&env.logs.join(format!("{log}.out")))?;
             let mut b = Proc::spawn("bpftrace", &mut cmd, false, out, env.log(&log)?)?;

@@ -19,14 +19,17 @@ pub(super) enum Config {
     SampledFloor,
     /// `report --sample-bytes 512KiB`.
     Sampled,
+    /// bcc's memleak, in bpftrace (memleak's probe set).
     Bpftrace,
+    /// The same script for malloc and free only.
+    BpftraceMallocFree,
     Heaptrack,
 }
 
 /// The sampling rate of the sampled configurations.
 pub(super) const SAMPLE_BYTES: &str = "512KiB";
 
-pub(super) const CONFIGS: [Config; 9] = [
+pub(super) const CONFIGS: [Config; 10] = [
     Config::Untraced,
     Config::Floor,
     Config::Report,
@@ -35,6 +38,7 @@ pub(super) const CONFIGS: [Config; 9] = [
     Config::SampledFloor,
     Config::Sampled,
     Config::Bpftrace,
+    Config::BpftraceMallocFree,
     Config::Heaptrack,
 ];
 
@@ -50,6 +54,7 @@ impl Config {
             Self::SampledFloor => "sampled-floor",
             Self::Sampled => "sampled",
             Self::Bpftrace => "bpftrace",
+            Self::BpftraceMallocFree => "bpftrace-malloc-free",
             Self::Heaptrack => "heaptrack",
         }
     }
@@ -64,6 +69,7 @@ impl Config {
             Self::SampledFloor => "sampled floor (`--floor --sample-bytes 512KiB`)",
             Self::Sampled => "`memtrace report --sample-bytes 512KiB`",
             Self::Bpftrace => "bpftrace memleak-like (system-wide)",
+            Self::BpftraceMallocFree => "bpftrace memleak-like, malloc and free only",
             Self::Heaptrack => "heaptrack",
         }
     }
@@ -79,13 +85,14 @@ impl Config {
             Self::SampledFloor => "sampled floor",
             Self::Sampled => "sampled",
             Self::Bpftrace => "bpftrace",
+            Self::BpftraceMallocFree => "bpftrace m/f",
             Self::Heaptrack => "heaptrack",
         }
     }
 
     /// Runs with the smaller workload sizes (the tracer is ~1000× slower).
     pub(super) fn small(self) -> bool {
-        self == Self::Bpftrace
+        matches!(self, Self::Bpftrace | Self::BpftraceMallocFree)
     }
 }
 
