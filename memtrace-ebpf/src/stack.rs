@@ -71,6 +71,7 @@ fn step_out(
         words,
         frames,
         sites,
+        at,
         ..
     } = w;
     // Most allocations return into a program's own code, below the
@@ -107,11 +108,8 @@ fn step_out(
         Code::NONE
     };
     let (mut ip, mut fp, mut sp, mut n) = (ip, fp, sp, 1);
-    let mut chunk = Chunk {
-        words,
-        base: 0,
-        len: 0,
-    };
+    at.base = 0;
+    at.len = 0;
     for _ in 0..LIB_DEPTH {
         let (units, lo) = if lib.lo <= ip && ip < lib.hi {
             (lib.units, lib.lo)
@@ -126,14 +124,17 @@ fn step_out(
         }
         let cfa = sp.wrapping_add(u64::from(v as u16));
         let rbp_at = i64::from((v >> 16) as u16 as i16);
-        let Some(ret) = chunk.word(cfa.wrapping_sub(8)) else {
+        // The frame spans [sp, cfa): a read from `sp` takes the return
+        // address and the saved frame pointer below it at once.
+        if chunk_word(words, at, cfa.wrapping_sub(8), sp) == 0 {
             break;
-        };
+        }
+        let ret = at.word;
         if rbp_at != 0 {
-            match chunk.word(cfa.wrapping_add_signed(rbp_at)) {
-                Some(saved) => fp = saved,
-                None => break,
+            if chunk_word(words, at, cfa.wrapping_add_signed(rbp_at), sp) == 0 {
+                break;
             }
+            fp = at.word;
         }
         match frames.get_mut(n) {
             Some(f) => *f = ret,
@@ -215,41 +216,62 @@ impl Code {
 /// read mostly serves every level.
 const STEP_READ: u64 = 1024;
 
-/// The words of user stack read last: `words[..len]` from `base`.
-struct Chunk<'a> {
-    words: &'a mut [u64; CHUNK_WORDS],
+/// The words of user stack read last (`words[..len]` from `base`) by a
+/// step out of functions without frame pointers, and the word asked for.
+#[repr(C)]
+pub struct ChunkAt {
     base: u64,
     len: u64,
+    word: u64,
 }
 
-impl Chunk<'_> {
-    /// The user word at `addr` (8-byte aligned), from the chunk or a new
-    /// read starting there (never past its page).
-    #[inline(always)]
-    fn word(&mut self, addr: u64) -> Option<u64> {
-        if addr & 7 != 0 {
-            return None;
-        }
-        let mut i = addr.wrapping_sub(self.base) / 8;
-        if addr < self.base || i >= self.len {
-            let bytes = (CHUNK as u64 - (addr & (CHUNK as u64 - 1))).clamp(8, STEP_READ);
-            // SAFETY: writes at most `bytes` <= STEP_READ <= CHUNK bytes
-            // into `words`; reads user memory, a fault returns an error.
-            let r = unsafe {
-                aya_ebpf::helpers::generated::bpf_probe_read_user(
-                    self.words.as_mut_ptr().cast(),
-                    bytes as u32,
-                    addr as *const core::ffi::c_void,
-                )
+/// The user word at `addr` (8-byte aligned) into `at.word`, from the chunk
+/// in `words` or a new read (never past its page); whether there is one.
+/// The read starts at `low`, the bottom of the frame `addr` is in, when
+/// that reaches `addr` within the page: the frame's other words (its saved
+/// frame pointer, below the return address) come with it instead of
+/// costing a read of their own (CPython: one read per allocation instead
+/// of two). A function of its own in the eBPF object: inlined at its two
+/// calls, its ways doubled the verifier's work on the return program.
+#[inline(never)]
+fn chunk_word(words: &mut [u64; CHUNK_WORDS], at: &mut ChunkAt, addr: u64, low: u64) -> u32 {
+    if addr & 7 != 0 {
+        return 0;
+    }
+    let mut i = addr.wrapping_sub(at.base) / 8;
+    if addr < at.base || i >= at.len {
+        let page = !(CHUNK as u64 - 1);
+        let start =
+            if low <= addr && low & 7 == 0 && addr - low < STEP_READ && low & page == addr & page {
+                low
+            } else {
+                addr
             };
-            if r != 0 {
-                return None;
-            }
-            self.base = addr;
-            self.len = bytes / 8;
-            i = 0;
+        // At least up to `addr`: `start` is `addr`, or in its page and
+        // less than STEP_READ below it.
+        let bytes = (CHUNK as u64 - (start & !page)).clamp(8, STEP_READ);
+        // SAFETY: writes at most `bytes` <= STEP_READ <= CHUNK bytes into
+        // `words`; reads user memory, a fault returns an error.
+        let r = unsafe {
+            aya_ebpf::helpers::generated::bpf_probe_read_user(
+                words.as_mut_ptr().cast(),
+                bytes as u32,
+                start as *const core::ffi::c_void,
+            )
+        };
+        if r != 0 {
+            return 0;
         }
-        self.words.get(i as usize).copied()
+        at.base = start;
+        at.len = bytes / 8;
+        i = (addr - start) / 8;
+    }
+    match words.get(i as usize) {
+        Some(&v) => {
+            at.word = v;
+            1
+        }
+        None => 0,
     }
 }
 
@@ -278,6 +300,8 @@ pub struct WalkBuf {
     /// The walk's result, copied into a ring record of the right size.
     frames: [u64; STACK_DEPTH],
     sites: [SiteSlot; SITE_CACHE],
+    /// The step out's chunk of `words`.
+    at: ChunkAt,
 }
 
 /// Walk the frame-pointer chain from `fp` into `frames[1..]`: each frame
