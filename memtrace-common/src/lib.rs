@@ -274,7 +274,9 @@ const _: () = assert!(size_of::<Inflight>() == 40);
 
 /// Call context of a C++ `operator new` (which has no frame pointer):
 /// its caller, and its caller's frame pointer, for the stack of the malloc
-/// it calls.
+/// it calls; and where the C++ runtime's code lies, whose own functions
+/// that call operator new (`std::string`'s `_M_create`, ...) the stack
+/// steps out of.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CxxCtx {
@@ -284,8 +286,12 @@ pub struct CxxCtx {
     pub caller: u64,
     /// The caller's frame pointer.
     pub fp: u64,
+    /// The executable segment of the library holding the probed operator
+    /// new, [lo, hi) (both 0 when unknown).
+    pub lo: u64,
+    pub hi: u64,
 }
-const _: () = assert!(size_of::<CxxCtx>() == 24);
+const _: () = assert!(size_of::<CxxCtx>() == 40);
 
 /// Indexes into the [`MAP_COUNTERS`] per-CPU array.
 #[repr(u32)]

@@ -8,7 +8,7 @@ use aya_ebpf::{
 use memtrace_common::{Counter, CxxCtx, Event, func, kind};
 
 use crate::{
-    calls::{Call, arg, current, enter, nested, regs_sp},
+    calls::{Call, arg, code_range, current, enter, nested, regs_sp},
     maps::{CXX_CTX, CXX_SEEN, SAMPLE_BYTES, bump, floor_now, global_u64},
     ret::return_probe,
     ring::emit,
@@ -122,7 +122,7 @@ pub(crate) fn entry(ctx: &ProbeContext, session_ip: u64) -> bool {
         func::MREMAP => enter(ctx, call(a2, a0, a1), session_ip),
         func::FREE => release(ctx, kind::FREE, f),
         func::MUNMAP => release(ctx, kind::MUNMAP, f),
-        func::CXX_NEW => cxx_new(ctx, (cookie >> 16) & 0xff),
+        func::CXX_NEW => cxx_new(ctx, cookie),
         _ => false,
     }
 }
@@ -165,14 +165,15 @@ pub(crate) fn release(ctx: &ProbeContext, k: u16, f: u16) -> bool {
 }
 
 /// C++ operator new: remember its caller and stack for the malloc it makes,
-/// unless an outer operator new on this thread already did. `delta`: how far
-/// the probed instruction's stack pointer sits below the function's entry one.
+/// unless an outer operator new on this thread already did. The attach
+/// cookie says how far the probed instruction's stack pointer sits below
+/// the function's entry one, and where the library's code lies.
 #[inline(always)]
-fn cxx_new(ctx: &ProbeContext, delta: u64) -> bool {
+fn cxx_new(ctx: &ProbeContext, cookie: u64) -> bool {
     let Some((_tgid, tid)) = current() else {
         return false;
     };
-    let sp = regs_sp(ctx.regs) + delta;
+    let sp = regs_sp(ctx.regs) + ((cookie >> 16) & 0xff);
     // SAFETY: copied out at once, as in `nested`.
     if let Some(outer) = unsafe { CXX_CTX.get(tid) }
         && outer.sp > sp
@@ -184,7 +185,16 @@ fn cxx_new(ctx: &ProbeContext, delta: u64) -> bool {
     let caller = unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0);
     // SAFETY: `regs` is the context pointer the kernel passed.
     let fp = unsafe { (*ctx.regs).rbp };
-    let rec = CxxCtx { sp, caller, fp };
+    // SAFETY: helper reading the address of the probe that fired.
+    let ip = unsafe { aya_ebpf::helpers::generated::bpf_get_func_ip(ctx.regs.cast()) };
+    let (lo, hi) = code_range(ip, cookie);
+    let rec = CxxCtx {
+        sp,
+        caller,
+        fp,
+        lo,
+        hi,
+    };
     if CXX_CTX.insert(tid, rec, 0).is_err() {
         bump(Counter::InflightFull);
     }

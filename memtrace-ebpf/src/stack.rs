@@ -21,10 +21,12 @@ use crate::{
 pub(crate) const CXX_CTX_WINDOW: u64 = 4096;
 
 /// Where the stack of an allocation returning at `sp` starts: its innermost
-/// frame, the frame pointer to walk on from, and the lowest address that
-/// frame pointer may have.
+/// frame, the frame pointer to walk on from, the stack pointer after the
+/// innermost call returns (the lowest address that frame pointer may have),
+/// and, for a malloc made by C++'s operator new, the code of the library
+/// holding operator new (else `Code::NONE`).
 #[inline(always)]
-fn stack_start(ctx: &RetProbeContext, tid: u32, sp: u64) -> (u64, u64, u64) {
+fn stack_start(ctx: &RetProbeContext, tid: u32, sp: u64) -> (u64, u64, u64, Code) {
     // SAFETY: a racy read of a flag only ever set to 1.
     let cxx_seen = unsafe { core::ptr::read_volatile(&raw const CXX_SEEN) } != 0;
     // SAFETY: copied out at once.
@@ -32,13 +34,20 @@ fn stack_start(ctx: &RetProbeContext, tid: u32, sp: u64) -> (u64, u64, u64) {
         let c = *c;
         let _ = CXX_CTX.remove(tid);
         if c.sp > sp && c.sp - sp < CXX_CTX_WINDOW {
-            return (c.caller, c.fp, c.sp);
+            let cxx = Code {
+                lo: c.lo,
+                hi: c.hi,
+                units: c.hi.wrapping_sub(c.lo) / 256,
+            };
+            // operator new returns to `caller` with the stack pointer one
+            // word above where `caller` sits.
+            return (c.caller, c.fp, c.sp + 8, cxx);
         }
     }
     // SAFETY: `regs` is the context pointer the kernel passed; at a return
     // probe the instruction pointer is the return address and the frame
     // pointer the caller's.
-    unsafe { ((*ctx.regs).rip, (*ctx.regs).rbp, sp) }
+    unsafe { ((*ctx.regs).rip, (*ctx.regs).rbp, sp, Code::NONE) }
 }
 
 /// Below this, user code (executables are mapped at 0x4000_0000 or, PIE,
@@ -49,7 +58,8 @@ const LIBRARY_REGION: u64 = 0x6000_0000_0000;
 /// Step out of the functions without frame pointers that made this
 /// allocation, where the frame-pointer walk would miss their callers: the
 /// allocator library's own (strdup, asprintf, getline: a C library keeps no
-/// frame pointer), then the traced program's own when userspace found call
+/// frame pointer; for a malloc made by operator new, `cxx`, the C++
+/// runtime's: `std::string`'s `_M_create`), then the traced program's own when userspace found call
 /// sites in its executable (`EXE_CODE`: Rust's `RawVec::finish_grow` and the
 /// growth functions around it, a C program's malloc wrappers built with
 /// `-O2`). Each call site is in `LIB_SITES` with its frame's layout (from
@@ -66,6 +76,7 @@ fn step_out(
     ip: u64,
     fp: u64,
     sp: u64,
+    cxx: Code,
 ) -> (usize, u64, u64) {
     let WalkBuf {
         words,
@@ -76,7 +87,9 @@ fn step_out(
     } = w;
     // Most allocations return into a program's own code, below the
     // libraries: the allocator library is looked at only above.
-    let lib = if ip >= LIBRARY_REGION {
+    let lib = if cxx.hi != 0 {
+        cxx
+    } else if ip >= LIBRARY_REGION {
         // SAFETY: helpers reading the probe's address and attach cookie.
         let (func_ip, cookie) = unsafe {
             (
@@ -195,6 +208,7 @@ pub struct SiteSlot {
 }
 
 /// An executable segment with call sites in `LIB_SITES`.
+#[derive(Clone, Copy)]
 struct Code {
     lo: u64,
     hi: u64,
@@ -377,7 +391,7 @@ fn walk_in(
 /// holds it.
 #[inline(always)]
 pub(crate) fn finish(ctx: &RetProbeContext, mut ev: Event, tid: u32, sp: u64) {
-    let (first, fp, lo) = stack_start(ctx, tid, sp);
+    let (first, fp, lo, cxx) = stack_start(ctx, tid, sp);
     let Some(w) = WALK.get_ptr_mut(0) else {
         // No scratch page (cannot happen with a per-CPU array of one
         // entry): the allocation still counts, without its stack.
@@ -400,7 +414,7 @@ pub(crate) fn finish(ctx: &RetProbeContext, mut ev: Event, tid: u32, sp: u64) {
     w.generation = w.generation.wrapping_add(1);
     let generation = w.generation;
     w.frames[0] = first;
-    let (n0, fp, lo) = step_out(ctx, ev.tgid, w, first, fp, lo);
+    let (n0, fp, lo) = step_out(ctx, ev.tgid, w, first, fp, lo, cxx);
     // Through memory, so the verifier checks the walk once for any number
     // of frames stepped out of, not once per number (which doubled the
     // load time).

@@ -1,11 +1,12 @@
-//! Programs built without frame pointers: Rust's default, and C at `-O2`.
-//! Their allocations pass through functions of their own that keep no
-//! frame pointer (Rust's `RawVec` growth, a C program's `xmalloc`): only the
-//! executable's unwind tables lead from those back to the function that
-//! leaked, and each leak must be attributed to it, with exact bytes.
+//! Programs built without frame pointers: Rust's default, and C and C++ at
+//! `-O2`. Their allocations pass through functions of their own that keep
+//! no frame pointer (Rust's `RawVec` growth, a C program's `xmalloc`), or
+//! through the C++ runtime's (`std::string`'s members, compiled into
+//! libstdc++): only the unwind tables lead from those back to the function
+//! that leaked, and each leak must be attributed to it, with exact bytes.
 
 use memtrace_tests::{
-    report::{Report, base_name, frame_names, stack_allocs, stack_bytes},
+    report::{Kind, Report, base_name, frame_names, stack_allocs, stack_bytes},
     require_ebpf, serial, trace_cmd, workload, workload_with,
 };
 
@@ -125,4 +126,53 @@ fn c_wrappers_reach_the_leaking_function() {
         attributed(r, "leak_grown", exactly(&["xrealloc"]), Some("main")),
         (3000, 1)
     );
+}
+
+#[test]
+fn cxx_runtime_reaches_the_leaking_function() {
+    if !require_ebpf() {
+        return;
+    }
+    let _g = serial();
+    // With frame pointers in the program, the steps out of libstdc++'s
+    // functions alone; without, out of the program's own too (operator
+    // new's caller, one word above its entry stack pointer).
+    let builds = [
+        ("frame pointers", workload("cxx_runtime")),
+        (
+            "-O2 without frame pointers",
+            workload_with("cxx_runtime", None, &["-O2", "-fomit-frame-pointer"]),
+        ),
+    ];
+    // Under the function: std::string's code, in the program (templates
+    // instantiated there) or in libstdc++, and operator new's caller.
+    let string_code = |under: &[String]| {
+        under
+            .iter()
+            .all(|n| n.contains("basic_string") || n.contains("char_traits"))
+    };
+    for (build, exe) in builds {
+        let t = trace_cmd(&[], &exe, &[]);
+        let r = &t.report;
+        assert_eq!(r.summary("lost_events"), 0, "{build}");
+        for func in ["leak_string_made", "leak_string_appended"] {
+            let truth = t.truth.get(&(Kind::Heap, func.to_owned())).copied();
+            assert!(
+                truth.is_some_and(|(bytes, _)| bytes > 1000),
+                "{build}: {func}: no ground truth: {:?}",
+                t.truth
+            );
+            assert_eq!(
+                Some(attributed(r, func, string_code, Some("main"))),
+                truth,
+                "{build}: {func}\n{}",
+                r.describe()
+            );
+        }
+        assert_eq!(
+            attributed(r, "noleak_string", |_| true, None),
+            (0, 0),
+            "{build}"
+        );
+    }
 }

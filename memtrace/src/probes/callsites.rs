@@ -47,6 +47,31 @@ pub enum Reach<'a> {
     Allocating(&'a [&'a str]),
 }
 
+/// The names of `Reach::Allocating`: exact, or a prefix when they end in
+/// `*` (every member of a C++ class: `_ZNSt7__cxx1112basic_string*`).
+struct Wanted<'a> {
+    exact: HashSet<&'a str>,
+    prefixes: Vec<&'a str>,
+}
+
+impl<'a> Wanted<'a> {
+    fn new(names: &[&'a str]) -> Self {
+        let (prefixes, exact): (Vec<&str>, Vec<&str>) =
+            names.iter().copied().partition(|n| n.ends_with('*'));
+        Wanted {
+            exact: exact.into_iter().collect(),
+            prefixes: prefixes
+                .into_iter()
+                .map(|p| p.trim_end_matches('*'))
+                .collect(),
+        }
+    }
+
+    fn matches(&self, name: &str) -> bool {
+        self.exact.contains(name) || self.prefixes.iter().any(|p| name.starts_with(p))
+    }
+}
+
 /// One call site: the return address's offset from the start of the
 /// executable segment, and how to step out of the calling function there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,16 +100,16 @@ pub fn call_sites(data: &[u8], seg_off: u64, reach: Reach<'_>) -> Result<Vec<Sit
     // Virtual address of the segment's first byte: return addresses are
     // counted from it.
     let seg_vaddr = seg.address();
-    let wanted: HashSet<&str> = allocators.iter().copied().collect();
+    let wanted = Wanted::new(allocators);
 
     let mut targets: HashSet<u64> = HashSet::new();
     for sym in file.dynamic_symbols() {
-        if sym.name().is_ok_and(|n| wanted.contains(n)) && sym.address() != 0 {
+        if sym.name().is_ok_and(|n| wanted.matches(n)) && sym.address() != 0 {
             targets.insert(sym.address());
         }
     }
     let got = got_slots(&file, &wanted);
-    targets.extend(plt_stubs(&file, &got));
+    let plt = plt_stubs(&file, &got);
 
     let eh = section(&file, ".eh_frame")?;
     let hdr = section(&file, ".eh_frame_hdr")?;
@@ -109,7 +134,7 @@ pub fn call_sites(data: &[u8], seg_off: u64, reach: Reach<'_>) -> Result<Vec<Sit
     let mut ctx = UnwindContext::new();
     let code_range = seg_vaddr..seg_vaddr + seg.size();
     let every = matches!(reach, Reach::Every);
-    let branches = branches(text.0, text.1, &got, &code_range, every);
+    let branches = branches(text.0, text.1, &got, &plt, &code_range, every);
     let mut sites: HashMap<u64, Site> = HashMap::new();
     // The function a call returns into, and how to step out of it there.
     let mut site_at = |ra: u64| {
@@ -260,17 +285,19 @@ enum Slot {
 }
 
 /// The calls and jumps in `code` (at `addr`): `call`/`jmp rel32` into
-/// `code_range` (the executable segment), and `call`/`jmp *disp32(%rip)`
-/// through a GOT slot in `got` (how code built without a PLT, Rust's among
-/// it, calls functions); with `indirect`, also every other `call` through a
-/// register or memory. Bytes are scanned, not decoded: a false match
-/// inside another instruction yields an address no call returns to, never
-/// looked up (most land outside the segment and are not kept), and where
-/// it happens to be a real return address, its unwind row is still right.
+/// `code_range` (the executable segment; through a stub of `plt`, to what
+/// its GOT slot holds), and `call`/`jmp *disp32(%rip)` through a GOT slot
+/// in `got` (how code built without a PLT, Rust's among it, calls
+/// functions); with `indirect`, also every other `call` through a register
+/// or memory. Bytes are scanned, not decoded: a false match inside another
+/// instruction yields an address no call returns to, never looked up (most
+/// land outside the segment and are not kept), and where it happens to be
+/// a real return address, its unwind row is still right.
 fn branches(
     addr: u64,
     code: &[u8],
     got: &HashMap<u64, Slot>,
+    plt: &HashMap<u64, Slot>,
     code_range: &std::ops::Range<u64>,
     indirect: bool,
 ) -> Vec<Branch> {
@@ -286,11 +313,16 @@ fn branches(
                 if !code_range.contains(&dest) {
                     continue;
                 }
+                let dest = match plt.get(&dest) {
+                    Some(Slot::Addr(x)) => Dest::Addr(*x),
+                    Some(Slot::Wanted) => Dest::Wanted,
+                    None => Dest::Addr(dest),
+                };
                 out.push(Branch {
                     at,
                     ra,
                     call: *op == 0xe8,
-                    dest: Dest::Addr(dest),
+                    dest,
                 });
             }
             [0xff, modrm @ (0x15 | 0x25), a, b, c, d] => {
@@ -348,10 +380,7 @@ fn indirect_call_len(modrm: u8, sib: Option<u8>) -> Option<u64> {
 /// The GOT slots a dynamic relocation fills with an allocator named in
 /// `wanted` (imported) or with an address in the file itself (a
 /// relative relocation, or a symbol the file defines).
-fn got_slots(
-    file: &ElfFile64<'_, object::Endianness>,
-    wanted: &HashSet<&str>,
-) -> HashMap<u64, Slot> {
+fn got_slots(file: &ElfFile64<'_, object::Endianness>, wanted: &Wanted<'_>) -> HashMap<u64, Slot> {
     let dynsyms = file.dynamic_symbol_table();
     let mut slots = HashMap::new();
     for (got, rel) in file.dynamic_relocations().into_iter().flatten() {
@@ -360,7 +389,7 @@ fn got_slots(
                 let Some(sym) = dynsyms.as_ref().and_then(|t| t.symbol_by_index(i).ok()) else {
                     continue;
                 };
-                if sym.name().is_ok_and(|n| wanted.contains(n)) {
+                if sym.name().is_ok_and(|n| wanted.matches(n)) {
                     slots.insert(got, Slot::Wanted);
                 } else if sym.address() != 0 && rel.addend() == 0 {
                     slots.insert(got, Slot::Addr(sym.address()));
@@ -384,11 +413,16 @@ fn got_slots(
     slots
 }
 
-/// Entry addresses of the PLT stubs through which the file's own code
-/// calls the allocators it imports: the stubs jump through a GOT slot that
+/// The PLT stubs through which the file's own code calls the allocators
+/// it imports, or functions it exports itself (a library calls its own
+/// interposable functions so: libstdc++'s `_M_mutate` calls `_M_create`
+/// through its PLT), by entry address: each jumps through a GOT slot that
 /// a dynamic relocation fills with the symbol.
-fn plt_stubs(file: &ElfFile64<'_, object::Endianness>, got: &HashMap<u64, Slot>) -> Vec<u64> {
-    let mut stubs = Vec::new();
+fn plt_stubs(
+    file: &ElfFile64<'_, object::Endianness>,
+    got: &HashMap<u64, Slot>,
+) -> HashMap<u64, Slot> {
+    let mut stubs = HashMap::new();
     for name in [".plt", ".plt.got", ".plt.sec"] {
         let Ok((addr, code)) = section(file, name) else {
             continue;
@@ -401,13 +435,15 @@ fn plt_stubs(file: &ElfFile64<'_, object::Endianness>, got: &HashMap<u64, Slot>)
             }
             let disp = i32::from_le_bytes([w[2], w[3], w[4], w[5]]);
             let at = addr + i as u64;
-            if got.get(&(at + 6).wrapping_add_signed(i64::from(disp))) == Some(&Slot::Wanted) {
-                stubs.extend([
+            if let Some(&slot) = got.get(&(at + 6).wrapping_add_signed(i64::from(disp))) {
+                for start in [
                     at,
                     at.wrapping_sub(1),
                     at.wrapping_sub(4),
                     at.wrapping_sub(5),
-                ]);
+                ] {
+                    stubs.insert(start, slot);
+                }
             }
         }
     }
@@ -427,7 +463,14 @@ mod tests {
             0xfb, 0xff, 0xff, 0xff,
         ];
         let got: HashMap<u64, Slot> = [(0x1021u64, Slot::Wanted)].into_iter().collect();
-        let b = branches(0x1000, &code, &got, &(0x1000..0x1100), false);
+        let b = branches(
+            0x1000,
+            &code,
+            &got,
+            &HashMap::new(),
+            &(0x1000..0x1100),
+            false,
+        );
         let found: Vec<(u64, bool, Dest)> = b.iter().map(|b| (b.ra, b.call, b.dest)).collect();
         assert!(
             found.contains(&(0x1005, true, Dest::Addr(0x1005))),
@@ -467,33 +510,78 @@ mod tests {
         }
         // Found in code, with the return address after them.
         let code = [0x41, 0xff, 0xd3, 0x90, 0xff, 0x50, 0x38];
-        let b = branches(0x1000, &code, &HashMap::new(), &(0x1000..0x1100), true);
+        let b = branches(
+            0x1000,
+            &code,
+            &HashMap::new(),
+            &HashMap::new(),
+            &(0x1000..0x1100),
+            true,
+        );
         let found: Vec<(u64, Dest)> = b
             .iter()
             .filter(|b| b.call)
             .map(|b| (b.ra, b.dest))
             .collect();
         assert_eq!(found, [(0x1003, Dest::Unknown), (0x1007, Dest::Unknown)]);
-        assert!(branches(0x1000, &code, &HashMap::new(), &(0x1000..0x1100), false).is_empty());
+        assert!(
+            branches(
+                0x1000,
+                &code,
+                &HashMap::new(),
+                &HashMap::new(),
+                &(0x1000..0x1100),
+                false
+            )
+            .is_empty()
+        );
     }
 
     /// The host's glibc: its bytes, its executable segment's file offset
     /// and address, and the address and size of its function `name`.
     fn host_libc_function(name: &str) -> (Vec<u8>, (u64, u64), (u64, u64)) {
         let libc = crate::probes::host_libc().expect("the host's libc");
-        let data = std::fs::read(&libc).expect("reading libc");
-        let file = ElfFile64::<object::Endianness>::parse(&*data).expect("libc is ELF");
+        host_function(&libc, name)
+    }
+
+    /// As `host_libc_function`, for the library at `path`.
+    fn host_function(path: &std::path::Path, name: &str) -> (Vec<u8>, (u64, u64), (u64, u64)) {
+        let data = std::fs::read(path).expect("reading the library");
+        let file = ElfFile64::<object::Endianness>::parse(&*data).expect("an ELF file");
         let seg = file
             .segments()
             .find(|s| s.flags() == object::SegmentFlags::Elf { p_flags: 5 })
-            .expect("libc has an executable segment");
+            .expect("an executable segment");
         let segment = (seg.file_range().0, seg.address());
         let function = file
             .dynamic_symbols()
             .find(|s| s.name() == Ok(name))
             .map(|s| (s.address(), s.size()))
-            .unwrap_or_else(|| panic!("libc defines {name}"));
+            .unwrap_or_else(|| panic!("{} defines {name}", path.display()));
         (data, segment, function)
+    }
+
+    /// The host's libstdc++: `std::string::_M_mutate` calls `_M_create`
+    /// through the library's own PLT, and `_M_create` tail-jumps to
+    /// operator new through it: that call is a site of the calls leading
+    /// to operator new.
+    #[test]
+    fn host_libstdcxx_mutate_reaches_operator_new() {
+        let lib = std::path::Path::new("/usr/lib/x86_64-linux-gnu/libstdc++.so.6");
+        if !lib.exists() {
+            eprintln!("skipped: no {}", lib.display());
+            return;
+        }
+        let (data, (seg_off, seg_addr), (start, size)) = host_function(
+            lib,
+            "_ZNSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEE9_M_mutateEmmPKcm",
+        );
+        let sites = call_sites(&data, seg_off, Reach::Allocating(&["_Znwm"])).expect("call sites");
+        let inside = sites.iter().any(|s| {
+            let ra = s.ra_off + seg_addr;
+            ra > start && ra <= start + size
+        });
+        assert!(inside, "no site in _M_mutate among {} sites", sites.len());
     }
 
     /// The host's glibc, every call: the stream functions' calls through
@@ -509,11 +597,12 @@ mod tests {
         let (text_addr, text) = section(&file, ".text").expect(".text");
         let from = usize::try_from(start - text_addr).expect("offset");
         let code = &text[from..from + usize::try_from(size).expect("size")];
-        let indirect: Vec<u64> = branches(start, code, &HashMap::new(), &(0..0), true)
-            .iter()
-            .filter(|b| b.call && b.dest == Dest::Unknown)
-            .map(|b| b.ra - seg_addr)
-            .collect();
+        let indirect: Vec<u64> =
+            branches(start, code, &HashMap::new(), &HashMap::new(), &(0..0), true)
+                .iter()
+                .filter(|b| b.call && b.dest == Dest::Unknown)
+                .map(|b| b.ra - seg_addr)
+                .collect();
         assert!(!indirect.is_empty(), "no call through memory found");
         let has = |sites: &[Site], ra_off: u64| sites.iter().any(|s| s.ra_off == ra_off);
         assert!(indirect.iter().any(|&ra| has(&every, ra)), "{indirect:x?}");

@@ -23,10 +23,14 @@ use crate::procmaps;
 /// What the program may call that allocates and returns where the
 /// allocation's return probe fires: the C library's functions that have a
 /// return probe, those that allocate on the caller's behalf (their own
-/// frames are stepped out of by the library's sites), and C++'s operator
-/// new (the array forms tail-jump to the plain ones, which have probes).
-fn allocating() -> Vec<&'static str> {
+/// frames are stepped out of by the library's sites), C++'s operator new
+/// (the array forms tail-jump to the plain ones, which have probes), and
+/// `std::string`'s members (both ABIs), compiled into libstdc++, whose
+/// frames its sites step out of.
+pub(super) fn allocating() -> Vec<&'static str> {
     const ON_BEHALF: &[&str] = &[
+        "_ZNSt7__cxx1112basic_string*",
+        "_ZNSs*",
         "reallocarray",
         "strdup",
         "strndup",

@@ -22,7 +22,7 @@ use memtrace_common::{ExeCode, MAP_EXE_CODE, MAP_LIB_SITES, func, lib_site_key, 
 use super::{
     CXX, LIBC, Planned,
     callsites::{self, Reach},
-    multi, plan,
+    exe, multi, plan,
     programs::{ENTRY_PROGRAM, LOADER_PROGRAM, Loaded, RET_PROGRAM, UProbes, uprobe},
 };
 
@@ -253,25 +253,35 @@ pub fn attach_allocators(
     Ok(all)
 }
 
-/// Put every call site of `lib` (see `callsites`) in `LIB_SITES`, once per
-/// library with allocation functions that have return probes. A library
-/// whose sites cannot all be recorded only loses those callers (its
-/// allocations still count, with the frames the walk finds): a note says
-/// which.
+/// Put the call sites of `lib` (see `callsites`) in `LIB_SITES`, once per
+/// library: every call of a library with allocation functions that have
+/// return probes (the C library), and the calls that lead to operator new
+/// in the C++ runtime (`std::string`'s members are compiled there, without
+/// frame pointers). A library whose sites cannot all be recorded only
+/// loses those callers (its allocations still count, with the frames the
+/// walk finds): a note says which.
 fn add_lib_sites(loaded: &mut Loaded, lib: &Path, planned: &[Planned]) {
     let Some(segment) = planned.first().map(|p| p.segment) else {
         return;
     };
-    let returns = planned.iter().any(|p| p.ret);
+    let cxx_names;
+    let reach = if planned.iter().any(|p| p.ret) {
+        Reach::Every
+    } else if planned.iter().any(|p| p.func == func::CXX_NEW) {
+        cxx_names = exe::allocating();
+        Reach::Allocating(&cxx_names)
+    } else {
+        return;
+    };
     // By file identity: `lib` is often a /proc/self/fd/N path, whose
     // number a later, different file may get.
     let id = std::fs::metadata(lib).map(|m| (m.dev(), m.ino(), segment.0));
-    if !returns || id.is_ok_and(|id| !loaded.lib_sites.insert(id)) {
+    if id.is_ok_and(|id| !loaded.lib_sites.insert(id)) {
         return;
     }
     let recorded = std::fs::read(lib)
         .context("reading it")
-        .and_then(|data| record_lib_sites(&mut loaded.ebpf, &data, segment, Reach::Every));
+        .and_then(|data| record_lib_sites(&mut loaded.ebpf, &data, segment, reach));
     match recorded {
         Err(e) => loaded.notes.push(format!(
             "{}: {e:#}: allocations it makes on the program's behalf show no caller past it",
