@@ -256,8 +256,8 @@ pub fn attach_allocators(
 /// Put the call sites of `lib` (see `callsites`) in `LIB_SITES`, once per
 /// library: every call of a library with allocation functions that have
 /// return probes (the C library), and the calls that lead to operator new
-/// in the C++ runtime (`std::string`'s members are compiled there, without
-/// frame pointers). A library whose sites cannot all be recorded only
+/// or to `std::string`'s members in the C++ runtime (those members are
+/// compiled there, without frame pointers; see `exe::allocating`). A library whose sites cannot all be recorded only
 /// loses those callers (its allocations still count, with the frames the
 /// walk finds): a note says which.
 fn add_lib_sites(loaded: &mut Loaded, lib: &Path, planned: &[Planned]) {
