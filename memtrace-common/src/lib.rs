@@ -143,6 +143,12 @@ pub const GLOBAL_THREAD_LAST: &str = "THREAD_LAST";
 /// Global: when nonzero, process events (exec/exit) are only emitted for the
 /// tgid stored in [`GLOBAL_TARGET_TGID`].
 pub const GLOBAL_TARGET_TGID: &str = "TARGET_TGID";
+/// Map: further processes of `report -- CMD --children` (tgid → 1), whose
+/// process events are emitted and whose loader hook stops them, as for
+/// [`GLOBAL_TARGET_TGID`]'s.
+pub const MAP_TARGETS: &str = "TARGETS";
+/// Entries of [`MAP_TARGETS`]: how many child processes `--children` follows.
+pub const TARGETS_MAX: u32 = 1024;
 
 /// Maximum depth of a captured user stack.
 pub const STACK_DEPTH: usize = 64;

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use memtrace_common::{
     COUNTER_COUNT, Counter, CxxCtx, ExeCode, Inflight, LIB_SITES_MAX, SAMPLED_LANE_WORDS,
-    SampledKey, floor,
+    SampledKey, TARGETS_MAX, floor,
 };
 
 use crate::stack::WalkBuf;
@@ -83,6 +83,20 @@ static FLOOR_ONLY: u32 = 0;
 
 #[unsafe(no_mangle)]
 pub(crate) static TARGET_TGID: u32 = 0;
+
+/// The child processes `report -- CMD --children` follows besides
+/// `TARGET_TGID` (tgid → 1), filled by userspace.
+#[map(name = "TARGETS")]
+static TARGETS: HashMap<u32, u8> = HashMap::with_max_entries(TARGETS_MAX, 0);
+
+/// Whether `tgid`'s process events are wanted: every process's, or with a
+/// target set (`report`), the target's and its followed children's.
+#[inline(always)]
+pub(crate) fn is_target(tgid: u32) -> bool {
+    let target = global_u32(&TARGET_TGID);
+    // SAFETY: a hash lookup whose value is only tested for presence.
+    target == 0 || target == tgid || unsafe { TARGETS.get(tgid) }.is_some()
+}
 
 /// Set once any operator new probe fired: until then, allocation returns
 /// skip the C++ context lookup.

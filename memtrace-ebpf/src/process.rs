@@ -11,7 +11,7 @@ use memtrace_common::{func, kind};
 
 use crate::{
     calls::forget_thread,
-    maps::{SELF_TGID, TARGET_TGID, global_u32},
+    maps::{SELF_TGID, TARGET_TGID, global_u32, is_target},
     ring::{emit, event, now},
 };
 
@@ -24,16 +24,15 @@ const SIGCHLD: u32 = 17;
 
 /// The dynamic loader's `_dl_debug_state` (its debugger hook): called after
 /// it mapped new objects (at start-up and in every `dlopen`), before any of
-/// their code runs. For the one process `report -- CMD` launched (and
-/// ptrace-seized), stop the calling thread: memtrace sees the SIGCHLD as a
+/// their code runs. For the process `report -- CMD` launched (and
+/// ptrace-seized) and the children it follows, stop the calling thread: memtrace sees the SIGCHLD as a
 /// ptrace signal stop, attaches to any allocator among the new objects,
 /// and resumes the thread without delivering the signal. Nobody else is
 /// ever signalled.
 #[uprobe]
 pub fn loader_stop(_ctx: ProbeContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
-    let target = global_u32(&TARGET_TGID);
-    if target == 0 || (id >> 32) as u32 != target {
+    if global_u32(&TARGET_TGID) == 0 || !is_target((id >> 32) as u32) {
         return 0;
     }
     // SAFETY: helper without memory arguments; it signals the current thread.
@@ -79,8 +78,7 @@ fn process_event(k: u16, leader_only: bool, aux: u64) -> u32 {
     if leader_only && tgid != tid {
         return 0;
     }
-    let target = global_u32(&TARGET_TGID);
-    if (target != 0 && target != tgid) || tgid == global_u32(&SELF_TGID) {
+    if !is_target(tgid) || tgid == global_u32(&SELF_TGID) {
         return 0;
     }
     let mut ev = event(k, func::NONE, tgid, tid);

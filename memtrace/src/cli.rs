@@ -62,6 +62,13 @@ pub struct ReportArgs {
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
 
+    /// With a command: also trace the processes it creates (fork, vfork,
+    /// posix_spawn; their children too, up to 1024), each from its first
+    /// instruction, and report each after the command. Without it they run
+    /// untraced and the report counts them.
+    #[arg(long, conflicts_with = "pid")]
+    pub children: bool,
+
     /// The command to run traced, after `--`.
     #[arg(last = true, value_name = "CMD", num_args = 1..)]
     pub command: Vec<OsString>,

@@ -5,9 +5,12 @@
 //! at the events below): at the leader's exit, before its address space
 //! goes away, memtrace reads its maps to normalize the last stacks; at an
 //! exec, before the new image runs, memtrace re-attaches its probes when a
-//! thread other than the leader exec'd.
+//! thread other than the leader exec'd. The processes it forks are held at
+//! their first instruction: followed (`--children`: attached to, then
+//! traced like the command) or let go at once (counted).
 
 use std::{
+    collections::HashSet,
     ffi::{CString, OsString},
     io,
     os::{
@@ -22,8 +25,11 @@ pub struct Child {
     pub pid: u32,
     go: Option<OwnedFd>,
     exec_err: OwnedFd,
-    /// The thread held at an exit or exec stop.
+    /// The thread held at an exit, exec, loader or new-process stop.
     stopped: Option<libc::pid_t>,
+    /// The processes followed: the command and the children taken by
+    /// [`Child::follow`].
+    procs: HashSet<u32>,
 }
 
 fn pipe(flags: libc::c_int) -> io::Result<(OwnedFd, OwnedFd)> {
@@ -86,14 +92,19 @@ pub fn spawn_suspended(argv: &[OsString]) -> Result<Child> {
         go: Some(go_w),
         exec_err: err_r,
         stopped: None,
+        procs: HashSet::from([pid as u32]),
     })
 }
 
 impl Child {
-    /// Seize the child's threads (and the threads it creates, not its child
-    /// processes) for the leader's exit and for execs.
+    /// Seize the child's threads and the threads and processes it creates
+    /// (each new process stops at once: see [`ChildState::NewProcess`]).
     pub fn trace(&mut self) -> Result<()> {
-        let opts = libc::PTRACE_O_TRACEEXIT | libc::PTRACE_O_TRACEEXEC | libc::PTRACE_O_TRACECLONE;
+        let opts = libc::PTRACE_O_TRACEEXIT
+            | libc::PTRACE_O_TRACEEXEC
+            | libc::PTRACE_O_TRACECLONE
+            | libc::PTRACE_O_TRACEFORK
+            | libc::PTRACE_O_TRACEVFORK;
         // SAFETY: plain ptrace request on our own child.
         let r = unsafe {
             libc::ptrace(
@@ -197,15 +208,33 @@ impl Child {
                 if tid as u32 == self.pid {
                     return ChildState::Gone(Some(status));
                 }
+                if self.procs.remove(&(tid as u32)) {
+                    return ChildState::ChildGone { pid: tid as u32 };
+                }
                 continue;
             }
             if !libc::WIFSTOPPED(status) {
                 continue;
             }
             match (status >> 16) & 0xff {
-                libc::PTRACE_EVENT_EXIT if tid as u32 == self.pid => {
+                libc::PTRACE_EVENT_EXIT if self.procs.contains(&(tid as u32)) => {
                     self.stopped = Some(tid);
-                    return ChildState::ExitStop;
+                    return ChildState::ExitStop { pid: tid as u32 };
+                }
+                // The first stop of a thread or process created by a
+                // traced one (before it ran an instruction).
+                libc::PTRACE_EVENT_STOP
+                    if libc::WSTOPSIG(status) == libc::SIGTRAP
+                        && !self.procs.contains(&(tid as u32)) =>
+                {
+                    match crate::procmaps::tgid_ppid(tid as u32) {
+                        Some((tgid, parent)) if tgid == tid as u32 => {
+                            self.stopped = Some(tid);
+                            return ChildState::NewProcess { pid: tgid, parent };
+                        }
+                        // A new thread.
+                        _ => self.resume(tid, status),
+                    }
                 }
                 libc::PTRACE_EVENT_EXEC => {
                     let mut former: libc::c_ulong = 0;
@@ -216,19 +245,38 @@ impl Child {
                     }
                     self.stopped = Some(tid);
                     return ChildState::ExecStop {
+                        pid: tid as u32,
                         former_tid: former as u32,
                     };
                 }
                 0 if libc::WSTOPSIG(status) == libc::SIGCHLD && from_kernel(tid) => {
                     self.stopped = Some(tid);
-                    return ChildState::LoaderStop;
+                    let pid = crate::procmaps::tgid_ppid(tid as u32).map_or(self.pid, |(t, _)| t);
+                    return ChildState::LoaderStop { pid };
                 }
                 _ => self.resume(tid, status),
             }
         }
     }
 
-    /// Resume the thread held at an exit or exec stop.
+    /// Follow the new process held at its first stop: its exits, execs and
+    /// loader stops are reported like the command's. Resume it with
+    /// [`Child::resume_stopped`] once its probes are attached.
+    pub fn follow(&mut self, pid: u32) {
+        self.procs.insert(pid);
+    }
+
+    /// Let the new process held at its first stop go on untraced.
+    pub fn detach_stopped(&mut self) {
+        if let Some(tid) = self.stopped.take() {
+            // SAFETY: ptrace request on our own stopped tracee.
+            unsafe {
+                libc::ptrace(libc::PTRACE_DETACH, tid, 0usize, 0usize);
+            }
+        }
+    }
+
+    /// Resume the thread held at a stop.
     pub fn resume_stopped(&mut self) {
         if let Some(tid) = self.stopped.take() {
             // SAFETY: ptrace request on our own stopped tracee.
@@ -254,17 +302,36 @@ fn from_kernel(tid: libc::pid_t) -> bool {
 #[derive(Debug, PartialEq, Eq)]
 pub enum ChildState {
     Running,
-    /// The leader is stopped at exit, memory intact; call `resume_stopped`.
-    ExitStop,
-    /// A thread completed an exec and is stopped before the new image runs;
-    /// `former_tid` is its thread id before the exec. Call `resume_stopped`.
+    /// The leader of `pid` (the command or a followed child) is stopped at
+    /// exit, memory intact; call `resume_stopped`.
+    ExitStop {
+        pid: u32,
+    },
+    /// A thread of `pid` completed an exec and is stopped before the new
+    /// image runs; `former_tid` is its thread id before the exec. Call
+    /// `resume_stopped`.
     ExecStop {
+        pid: u32,
         former_tid: u32,
     },
-    /// A thread is stopped in the dynamic loader's hook (new objects were
-    /// mapped: start-up or dlopen), before their code runs. The signal is
-    /// memtrace's own and is not delivered. Call `resume_stopped`.
-    LoaderStop,
+    /// A thread of `pid` is stopped in the dynamic loader's hook (new
+    /// objects were mapped: start-up or dlopen), before their code runs.
+    /// The signal is memtrace's own and is not delivered. Call
+    /// `resume_stopped`.
+    LoaderStop {
+        pid: u32,
+    },
+    /// A traced process created process `pid` (child of `parent`), held
+    /// before its first instruction: call `follow` and `resume_stopped`, or
+    /// `detach_stopped`.
+    NewProcess {
+        pid: u32,
+        parent: u32,
+    },
+    /// A followed child process is gone.
+    ChildGone {
+        pid: u32,
+    },
     /// Exited (with its wait status when known).
     Gone(Option<libc::c_int>),
 }

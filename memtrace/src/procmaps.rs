@@ -216,6 +216,18 @@ pub fn read_small<'a>(pid: u32, file: &str, buf: &'a mut [u8]) -> Option<&'a [u8
     Some(&buf[..n])
 }
 
+/// The process (thread group) and parent process of thread `tid`, from
+/// `/proc/TID/status`.
+pub fn tgid_ppid(tid: u32) -> Option<(u32, u32)> {
+    let text = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    let field = |name: &str| -> Option<u32> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    Some((field("Tgid:")?, field("PPid:")?))
+}
+
 /// Whether any thread of `pid` is still running (not a zombie): the leader
 /// may have exited while other threads go on.
 pub fn has_live_threads(pid: u32) -> bool {

@@ -227,7 +227,40 @@ impl Report {
                 "summary says {sb} bytes in {sa} allocations outstanding, the stacks sum to {bytes} bytes in {allocs}"
             ));
         }
+        // Optional in the contract (memtrace always writes it).
+        let children = match r.get("children") {
+            None => &Vec::new(),
+            Some(c) => c.as_array().ok_or("report: \"children\" is not an array")?,
+        };
+        for (i, c) in children.iter().enumerate() {
+            let c = Report { json: c.clone() };
+            c.validate().map_err(|e| format!("children[{i}]: {e}"))?;
+            if !c.children().is_empty() {
+                return Err(format!("children[{i}] has children of its own"));
+            }
+            u64_field(&c.json, "parent_pid", &format!("children[{i}]"))?;
+        }
         Ok(())
+    }
+
+    /// The reports of the child processes followed (`--children`).
+    pub fn children(&self) -> Vec<Report> {
+        self.json["children"]
+            .as_array()
+            .map(|v| v.iter().map(|c| Report { json: c.clone() }).collect())
+            .unwrap_or_default()
+    }
+
+    /// The process that created this one (a followed child's report).
+    pub fn parent_pid(&self) -> Option<u64> {
+        self.json["parent_pid"].as_u64()
+    }
+
+    pub fn notes(&self) -> Vec<&str> {
+        self.json["notes"]
+            .as_array()
+            .map(|v| v.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default()
     }
 
     pub fn pid(&self) -> u64 {

@@ -371,6 +371,25 @@ pub const FORK: Scenario = Scenario {
     ..Scenario::new("fork", "fork")
 };
 
+/// The command's own leaks in `fork_tree` (its children's are checked by
+/// tests/children.rs).
+pub const FORK_TREE: Scenario = Scenario {
+    source: "fork_tree.c",
+    expect: &[
+        heap("leak_in_command", 1111, 1).from("main"),
+        // child A frees its copy; the command's stays
+        heap("leak_inherited", 4096, 1).from("main"),
+        heap("leak_after_children", 4444, 1).from("main"),
+    ],
+    absent: &[
+        "noleak_kid_frees_inherited",
+        "noleak_kid_forked",
+        "noleak_kid_grandchild",
+        "noleak_kid_spawned",
+    ],
+    ..Scenario::new("fork_tree", "fork_tree")
+};
+
 const EXEC_ABSENT: &[&str] = &[
     "noleak_before_exec",
     "noleak_before_exec_many",
@@ -551,6 +570,7 @@ pub const ALL: &[&Scenario] = &[
     &THREADS,
     &THREADS_LEADER_EXIT,
     &FORK,
+    &FORK_TREE,
     &EXEC,
     &EXEC_FROM_THREAD,
     &EXEC_TRUE,

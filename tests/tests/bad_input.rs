@@ -107,3 +107,8 @@ fn pid_with_dashboard_flags() {
     usage_error(&["--delay", "0"]);
     usage_error(&["--delay", "soon"]);
 }
+
+#[test]
+fn children_with_pid() {
+    usage_error(&["report", "--children", "--pid", "1"]);
+}

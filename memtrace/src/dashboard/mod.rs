@@ -406,6 +406,7 @@ fn dump(
     let path = std::env::current_dir().map_or_else(|_| PathBuf::from(&name), |d| d.join(&name));
     let kc = t.col.kernel_counters();
     let meta = report::Meta {
+        parent_pid: None,
         pid: key.pid,
         comm: procmaps::comm(key.pid).unwrap_or_default(),
         exe: procmaps::exe(key.pid).unwrap_or_default(),

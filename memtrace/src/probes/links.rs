@@ -14,7 +14,10 @@ use aya::{
     Ebpf,
     programs::{
         ProgramError, RawTracePoint,
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeError, UProbeLinkId, UProbeScope},
+        uprobe::{
+            UProbeAttachLocation, UProbeAttachPoint, UProbeError, UProbeLink, UProbeLinkId,
+            UProbeScope,
+        },
     },
 };
 use memtrace_common::{ExeCode, MAP_EXE_CODE, MAP_LIB_SITES, func, lib_site_key, lib_site_value};
@@ -38,6 +41,37 @@ impl Links {
     /// in a VM): uprobe_multi links pay it once per link, and are closed
     /// from parallel threads so their waits overlap.
     pub fn detach(self, ebpf: &mut Ebpf) {
+        let (multi, perf) = self.take(ebpf);
+        std::thread::scope(|s| {
+            for link in multi {
+                s.spawn(move || drop(link));
+            }
+            for link in perf {
+                s.spawn(move || drop(link));
+            }
+        });
+    }
+
+    /// Detach every link on a thread of its own, so the caller does not
+    /// wait for the grace periods (a followed child that exited); join
+    /// the handle before exiting, or the process's exit waits for them one
+    /// by one.
+    pub fn detach_later(self, ebpf: &mut Ebpf) -> std::thread::JoinHandle<()> {
+        let (multi, perf) = self.take(ebpf);
+        std::thread::spawn(move || {
+            std::thread::scope(|s| {
+                for link in multi {
+                    s.spawn(move || drop(link));
+                }
+                for link in perf {
+                    s.spawn(move || drop(link));
+                }
+            });
+        })
+    }
+
+    /// The links, perf-event ones taken out of their programs.
+    fn take(self, ebpf: &mut Ebpf) -> (Vec<OwnedFd>, Vec<UProbeLink>) {
         let mut perf = Vec::with_capacity(self.perf.len());
         for (prog, id) in self.perf {
             if let Ok(p) = uprobe(ebpf, prog)
@@ -46,14 +80,7 @@ impl Links {
                 perf.push(link);
             }
         }
-        std::thread::scope(|s| {
-            for link in self.multi {
-                s.spawn(move || drop(link));
-            }
-            for link in perf {
-                s.spawn(move || drop(link));
-            }
-        });
+        (self.multi, perf)
     }
 }
 

@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result, anyhow};
 use aya::{Ebpf, EbpfLoader, programs::UProbe};
 use memtrace_common::{
     GLOBAL_FLOOR_ONLY, GLOBAL_SAMPLE_BYTES, GLOBAL_SELF_TGID, GLOBAL_TARGET_TGID,
-    GLOBAL_THREAD_LAST, MAP_EVENTS, MAP_SAMPLED, MAP_SAMPLED_LANES, MAP_THREADS,
+    GLOBAL_THREAD_LAST, MAP_EVENTS, MAP_SAMPLED, MAP_SAMPLED_LANES, MAP_TARGETS, MAP_THREADS,
     SAMPLED_LANE_WORDS,
 };
 
@@ -226,6 +226,27 @@ pub struct Loaded {
     /// What the user should know about the attach (libraries whose call
     /// sites could not all be recorded); taken by whoever reports notes.
     pub notes: Vec<String>,
+}
+
+impl Loaded {
+    /// Add `tgid` to the processes whose exec and exit events are emitted
+    /// and whose loader hook stops them (`report -- CMD --children`), or
+    /// take it out.
+    pub fn follow(&mut self, tgid: u32, on: bool) -> Result<()> {
+        let map = self
+            .ebpf
+            .map_mut(MAP_TARGETS)
+            .ok_or_else(|| anyhow!("eBPF map {MAP_TARGETS} missing"))?;
+        let mut map = aya::maps::HashMap::<_, u32, u8>::try_from(map)?;
+        if on {
+            map.insert(tgid, 1, 0)
+                .with_context(|| format!("adding PID {tgid} to {MAP_TARGETS}"))?;
+        } else {
+            // Absent already is fine.
+            let _ = map.remove(&tgid);
+        }
+        Ok(())
+    }
 }
 
 pub(super) fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe> {

@@ -32,6 +32,10 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub struct Report {
     pub schema_version: u32,
     pub pid: u32,
+    /// For a child process followed with `--children`: the process that
+    /// created it (absent in the command's own report).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_pid: Option<u32>,
     pub comm: String,
     pub exe: String,
     pub exited: bool,
@@ -47,6 +51,9 @@ pub struct Report {
     /// Things the user should know about this report (attach notes, files
     /// that could not be symbolized, ...).
     pub notes: Vec<String>,
+    /// With `report -- CMD --children`: a report for each child process
+    /// followed, in the order they started (their own `children` empty).
+    pub children: Vec<Report>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -110,6 +117,7 @@ pub fn short_module(m: &str) -> &str {
 /// Everything about the traced process that is not in the tracker.
 pub struct Meta {
     pub pid: u32,
+    pub parent_pid: Option<u32>,
     pub comm: String,
     pub exe: String,
     pub exited: bool,
@@ -303,6 +311,7 @@ pub fn build(input: &Input, symbols: &mut Symbols, meta: Meta, losses: Losses) -
     Report {
         schema_version: SCHEMA_VERSION,
         pid: meta.pid,
+        parent_pid: meta.parent_pid,
         comm: meta.comm,
         exe: meta.exe,
         exited: meta.exited,
@@ -322,6 +331,7 @@ pub fn build(input: &Input, symbols: &mut Symbols, meta: Meta, losses: Losses) -
         stacks: out,
         sample_bytes: (input.sample_bytes > 0).then_some(input.sample_bytes),
         notes,
+        children: Vec::new(),
     }
 }
 

@@ -45,11 +45,24 @@ pub fn human_ms(ms: u64) -> String {
 
 pub fn render(r: &Report) -> String {
     let mut o = String::new();
+    render_one(&mut o, r);
+    for c in &r.children {
+        o.push('\n');
+        render_one(&mut o, c);
+    }
+    o
+}
+
+fn render_one(o: &mut String, r: &Report) {
     let s = &r.summary;
     let state = if r.exited { "exited" } else { "running" };
+    let parent = r
+        .parent_pid
+        .map(|p| format!(", child of pid {p}"))
+        .unwrap_or_default();
     let _ = writeln!(
         o,
-        "memtrace report: pid {} ({}) {}, {state}, traced {}",
+        "memtrace report: pid {} ({}) {}, {state}, traced {}{parent}",
         r.pid,
         r.comm,
         r.exe,
@@ -118,7 +131,6 @@ pub fn render(r: &Report) -> String {
             let _ = writeln!(o, "    {}{loc}{module}", f.label());
         }
     }
-    o
 }
 
 #[cfg(test)]
@@ -156,6 +168,8 @@ mod tests {
             stacks: vec![row(Kind::Heap.as_str()), row(Kind::Mmap.as_str())],
             sample_bytes: Some(512 << 10),
             notes: Vec::new(),
+            children: Vec::new(),
+            parent_pid: None,
         };
         let text = render(&r);
         assert!(
@@ -165,6 +179,50 @@ mod tests {
         assert!(
             text.contains("#2   mmap 4,096 bytes in 1 allocations"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn children_follow_the_command_in_text_and_folded() {
+        let frame = |f: &str| crate::report::Frame {
+            ip: "0x1".into(),
+            function: Some(f.into()),
+            file: None,
+            line: None,
+            module: None,
+        };
+        let one = |pid, parent_pid, leaf: &str| Report {
+            schema_version: 1,
+            pid,
+            parent_pid,
+            comm: "w x".into(),
+            exe: "/w".into(),
+            exited: true,
+            duration_ms: 10,
+            summary: crate::report::Summary::default(),
+            stacks: vec![crate::report::StackReport {
+                kind: Kind::Heap.as_str(),
+                outstanding_bytes: 10,
+                outstanding_allocations: 1,
+                oldest_age_ms: 5,
+                frames: vec![frame(leaf), frame("main")],
+            }],
+            sample_bytes: None,
+            notes: Vec::new(),
+            children: Vec::new(),
+        };
+        let mut r = one(7, None, "a");
+        r.children = vec![one(8, Some(7), "b")];
+        let text = render(&r);
+        assert!(
+            text.contains(
+                "memtrace report: pid 8 (w x) /w, exited, traced 10 ms, child of pid 7\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(
+            crate::report::render_folded(&r),
+            "main;a 10\nw_x_[pid_8];main;b 10\n"
         );
     }
 }

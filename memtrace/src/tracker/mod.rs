@@ -61,7 +61,7 @@ pub struct Tracker {
     live: FastMap<u32, Process>,
     exited: Vec<Process>,
     pub totals: Totals,
-    /// When set, only these processes are tracked.
+    /// When set, only these processes are tracked (sorted).
     filter: Option<Vec<u32>>,
     limits: Limits,
     /// Outstanding entries held over all processes (live and exited).
@@ -83,10 +83,21 @@ impl Tracker {
     }
 
     /// Track only `pids` (events of other processes are ignored).
-    pub fn with_filter(pids: Vec<u32>) -> Self {
+    pub fn with_filter(mut pids: Vec<u32>) -> Self {
+        pids.sort_unstable();
+        pids.dedup();
         Self {
             filter: Some(pids),
             ..Self::default()
+        }
+    }
+
+    /// With a filter, track `pid` too (a child process being followed).
+    pub fn watch(&mut self, pid: u32) {
+        if let Some(f) = &mut self.filter
+            && let Err(i) = f.binary_search(&pid)
+        {
+            f.insert(i, pid);
         }
     }
 
@@ -110,7 +121,9 @@ impl Tracker {
     }
 
     fn wanted(&self, pid: u32) -> bool {
-        self.filter.as_ref().is_none_or(|f| f.contains(&pid))
+        self.filter
+            .as_ref()
+            .is_none_or(|f| f.binary_search(&pid).is_ok())
     }
 
     pub fn on_decode_error(&mut self) {

@@ -16,15 +16,18 @@ use crate::{
     launch::{self, ChildState},
     output::Output,
     phases::Phases,
-    probes::{
-        self, LoadOptions,
-        discover::{self, Discovery},
-    },
+    probes::{self, LoadOptions},
     procmaps, report,
     symbolize::Symbols,
     system,
     tracker::{Limits, Tracker},
 };
+
+mod allocators;
+mod children;
+mod ident;
+
+use self::{allocators::Allocators, children::Children, ident::Ident};
 
 /// How often the ring buffer is drained.
 const DRAIN_EVERY: Duration = Duration::from_millis(2);
@@ -53,7 +56,7 @@ pub fn run(args: ReportArgs, tuning: &Tuning) -> Result<()> {
         .first()
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let outcome = rt.block_on(trace(target, &prog, args.duration, tuning))?;
+    let outcome = rt.block_on(trace(target, &prog, args.duration, args.children, tuning))?;
     let text = report::render(&outcome, args.format)?;
     match output {
         Some(o) => o.commit(&text),
@@ -98,122 +101,11 @@ fn scope(pid: u32) -> Result<NonZeroU32> {
     NonZeroU32::new(pid).ok_or_else(|| anyhow!("invalid PID 0"))
 }
 
-/// How often the memory map is checked for new objects (dlopen without a
-/// loader stop, a process attached with --pid).
-const RESCAN_EVERY: Duration = Duration::from_millis(250);
-
-/// The allocators of the traced process and the links to them.
-struct Allocators {
-    discovery: Discovery,
-    links: probes::Links,
-    pid: NonZeroU32,
-    /// Stop the process at its loader's hook (only a launched command,
-    /// which memtrace ptraces).
-    loader: bool,
-    signature: std::collections::HashSet<discover::FileId>,
-    last_scan: Instant,
-    /// Whether the executable's call sites were looked for (once per image).
-    exe_sites: bool,
-}
-
-impl Allocators {
-    fn new(pid: u32, loader: bool) -> Result<Self> {
-        Ok(Self {
-            discovery: Discovery::default(),
-            links: probes::Links::default(),
-            pid: scope(pid)?,
-            loader,
-            signature: Default::default(),
-            last_scan: Instant::now(),
-            exe_sites: false,
-        })
-    }
-
-    /// Attach to every allocator object newly mapped by the process.
-    fn scan(&mut self, loaded: &mut probes::Loaded) -> Result<usize> {
-        let pid = self.pid.get();
-        self.last_scan = Instant::now();
-        self.signature = discover::signature(pid).unwrap_or_default();
-        let loader = self.loader.then_some(self.pid);
-        let n = self
-            .discovery
-            .scan(
-                loaded,
-                pid,
-                probes::Scope::Process(self.pid),
-                loader,
-                &mut self.links,
-            )
-            .with_context(|| format!("reading the memory map of PID {pid}"))?;
-        if !self.exe_sites {
-            self.exe_sites = true;
-            match probes::add_exe_sites(loaded, pid) {
-                Ok(0) => {}
-                Ok(n) => self.discovery.note(format!(
-                    "the executable keeps no frame pointers: stacks step out of its \
-                     allocating functions by its unwind tables ({n} call sites{})",
-                    if n >= probes::MAX_SITES {
-                        ", the most kept: callers further from the allocator are not followed"
-                    } else {
-                        ""
-                    }
-                )),
-                Err(e) if crate::procmaps::alive(pid) => self.discovery.note(format!(
-                    "{e:#}: the callers of its functions without frame pointers may be missing"
-                )),
-                Err(_) => {}
-            }
-        }
-        Ok(n)
-    }
-
-    /// Start afresh: the process exec'd (links of the old image detached).
-    fn rescan_after_exec(&mut self, loaded: &mut probes::Loaded) -> Result<()> {
-        std::mem::take(&mut self.links).detach(&mut loaded.ebpf);
-        self.discovery.forget_links();
-        self.exe_sites = false;
-        self.scan(loaded)?;
-        Ok(())
-    }
-
-    /// On the timer: scan again if the set of mapped files changed. Objects
-    /// found this way were mapped without memtrace seeing it at once: their
-    /// earliest allocations may be missed, and the report says so.
-    fn poll(&mut self, loaded: &mut probes::Loaded) {
-        if self.last_scan.elapsed() < RESCAN_EVERY {
-            return;
-        }
-        self.last_scan = Instant::now();
-        let Ok(sig) = discover::signature(self.pid.get()) else {
-            return;
-        };
-        if sig == self.signature {
-            return;
-        }
-        let before = self.discovery.found.len();
-        if let Ok(n) = self.scan(loaded)
-            && n > 0
-        {
-            let late: Vec<String> = self.discovery.found[before..].to_vec();
-            for f in late {
-                if !self.loader {
-                    // --pid: say so (a launched command's stderr is its own).
-                    eprintln!("memtrace: also tracing {f}");
-                }
-                self.discovery.notes.push(format!(
-                    "{f} was found by a periodic scan of the memory map (up to {} ms after it \
-                     was mapped): allocations it served before then are not seen",
-                    RESCAN_EVERY.as_millis()
-                ));
-            }
-        }
-    }
-}
-
 async fn trace(
     mut target: Target,
     prog: &str,
     duration: Option<Duration>,
+    follow_children: bool,
     tuning: &Tuning,
 ) -> Result<report::Report> {
     let pid = match &target {
@@ -271,6 +163,7 @@ async fn trace(
 
     let started = Instant::now();
     let mut ident = Ident::default();
+    let mut children = Children::new(follow_children);
     match &mut target {
         Target::Attach(pid) => {
             ident.refresh(*pid);
@@ -309,6 +202,7 @@ async fn trace(
             col.resolve_new_stacks();
         }
         alloc.poll(&mut loaded);
+        children.poll(&mut loaded);
         match &mut target {
             Target::Attach(pid) => {
                 if col.take_thread_execs().contains(pid) {
@@ -332,34 +226,61 @@ async fn trace(
                 }
                 match child.poll() {
                     ChildState::Running => {}
-                    ChildState::ExitStop => {
+                    ChildState::ExitStop { pid: p } => {
                         // Its memory is still intact: take the last events
                         // and normalize their stacks now.
                         col.drain();
                         col.resolve_new_stacks();
-                        ident.refresh(pid);
+                        if p == pid {
+                            ident.refresh(pid);
+                        } else if let Some(f) = children.get_mut(p) {
+                            f.ident.refresh(p);
+                        }
                         child.resume_stopped();
                     }
-                    ChildState::ExecStop { former_tid } => {
+                    ChildState::ExecStop { pid: p, former_tid } => {
                         // A new image: find its allocators (a static
                         // executable's own, the loader's hook) before it
                         // runs. Links made for the leader still hold (by
                         // inode, for this process); an exec from another
                         // thread needs them made again.
-                        let r = if former_tid == pid {
-                            alloc.scan(&mut loaded).map(|_| ())
+                        let a = if p == pid {
+                            Some(&mut alloc)
                         } else {
-                            alloc.rescan_after_exec(&mut loaded)
+                            children.get_mut(p).map(|f| &mut f.alloc)
+                        };
+                        let r = match a {
+                            Some(a) if former_tid == p => a.scan(&mut loaded).map(|_| ()),
+                            Some(a) => a.rescan_after_exec(&mut loaded),
+                            None => Ok(()),
                         };
                         child.resume_stopped();
-                        r.context("attaching to the command's allocators")?;
+                        if p == pid {
+                            r.context("attaching to the command's allocators")?;
+                        } else {
+                            children.on_error(p, r);
+                        }
                     }
-                    ChildState::LoaderStop => {
+                    ChildState::LoaderStop { pid: p } => {
                         // The loader mapped objects and runs none of them yet.
-                        let r = alloc.scan(&mut loaded);
+                        let r = if p == pid {
+                            alloc.scan(&mut loaded).map(|_| ())
+                        } else {
+                            children
+                                .get_mut(p)
+                                .map_or(Ok(()), |f| f.alloc.scan(&mut loaded).map(|_| ()))
+                        };
                         child.resume_stopped();
-                        r.context("attaching to the command's allocators")?;
+                        if p == pid {
+                            r.context("attaching to the command's allocators")?;
+                        } else {
+                            children.on_error(p, r);
+                        }
                     }
+                    ChildState::NewProcess { pid: c, parent } => {
+                        children.on_new(c, parent, child, &mut loaded, &mut col.tracker);
+                    }
+                    ChildState::ChildGone { pid: c } => children.on_gone(c, &mut loaded),
                     // The leader is gone but other threads go on.
                     ChildState::Gone(_) if procmaps::has_live_threads(pid) => {}
                     ChildState::Gone(_) => break true,
@@ -381,6 +302,7 @@ async fn trace(
         links, discovery, ..
     } = alloc;
     links.detach(&mut loaded.ebpf);
+    children.detach_all(&mut loaded);
     col.drain();
     col.resolve_new_stacks();
     let now_ns = system::monotonic_ns();
@@ -409,6 +331,7 @@ async fn trace(
     }
     notes.extend(discovery.notes);
     notes.extend(ident.notes());
+    notes.extend(children.notes_for_command());
     if opts.sample_bytes > 0 && !loaded.has_sessions() {
         notes.push(
             "uprobe sessions are not available (kernel 6.13+, uprobe_multi): unsampled \
@@ -431,6 +354,7 @@ async fn trace(
     }
     let meta = report::Meta {
         pid,
+        parent_pid: None,
         comm: ident.comm.unwrap_or_else(|| short_name(prog)),
         exe: ident.exe.unwrap_or_else(|| prog.to_string()),
         exited,
@@ -444,56 +368,14 @@ async fn trace(
     };
     let mut symbols = Symbols::default();
     let input = report::input_of(p, &col.stacks, usize::MAX);
-    Ok(report::build(&input, &mut symbols, meta, losses))
+    let mut r = report::build(&input, &mut symbols, meta, losses);
+    r.children = children.reports(&col, &mut symbols, losses, now_ns);
+    Ok(r)
 }
 
-fn short_name(prog: &str) -> String {
+pub(super) fn short_name(prog: &str) -> String {
     Path::new(prog)
         .file_name()
         .map(|f| f.to_string_lossy().into_owned())
         .unwrap_or_else(|| prog.to_string())
-}
-
-/// Name and executable of the traced process, read while it lives.
-#[derive(Default)]
-struct Ident {
-    comm: Option<String>,
-    exe: Option<String>,
-    /// Its cgroup (v2 path), which names a container or service.
-    cgroup: Option<String>,
-    /// Its root directory, when not memtrace's (chroot, container).
-    root: Option<String>,
-}
-
-impl Ident {
-    fn refresh(&mut self, pid: u32) {
-        if let Some(c) = procmaps::comm(pid) {
-            self.comm = Some(c);
-        }
-        if let Some(e) = procmaps::exe(pid) {
-            self.exe = Some(e);
-        }
-        if let Some(c) = procmaps::cgroup(pid) {
-            self.cgroup = Some(c);
-        }
-        if !procmaps::same_root(pid)
-            && let Ok(r) = std::fs::read_link(format!("/proc/{pid}/root"))
-        {
-            self.root = Some(r.to_string_lossy().into_owned());
-        }
-    }
-
-    /// Report notes naming where the process ran.
-    fn notes(&self) -> Vec<String> {
-        let mut v = Vec::new();
-        if let Some(c) = &self.cgroup {
-            v.push(format!("cgroup: {c}"));
-        }
-        if let Some(r) = &self.root {
-            v.push(format!(
-                "root directory: {r} (chroot or container); PIDs are the host's"
-            ));
-        }
-        v
-    }
 }
