@@ -149,6 +149,12 @@ pub const GLOBAL_TARGET_TGID: &str = "TARGET_TGID";
 pub const MAP_TARGETS: &str = "TARGETS";
 /// Entries of [`MAP_TARGETS`]: how many child processes `--children` follows.
 pub const TARGETS_MAX: u32 = 1024;
+/// A [`MAP_TARGETS`] value: the child runs an image of its own (it exec'd).
+pub const TARGET_OWN_IMAGE: u8 = 1;
+/// A [`MAP_TARGETS`] value: the child still runs the command's image (forked
+/// from it, no exec since), at the same addresses: `EXE_CODE`'s call sites
+/// apply to it too.
+pub const TARGET_SAME_IMAGE: u8 = 2;
 
 /// Maximum depth of a captured user stack.
 pub const STACK_DEPTH: usize = 64;

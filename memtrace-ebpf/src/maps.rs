@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use memtrace_common::{
     COUNTER_COUNT, Counter, CxxCtx, ExeCode, Inflight, LIB_SITES_MAX, SAMPLED_LANE_WORDS,
-    SampledKey, TARGETS_MAX, floor,
+    SampledKey, TARGET_SAME_IMAGE, TARGETS_MAX, floor,
 };
 
 use crate::stack::WalkBuf;
@@ -96,6 +96,14 @@ pub(crate) fn is_target(tgid: u32) -> bool {
     let target = global_u32(&TARGET_TGID);
     // SAFETY: a hash lookup whose value is only tested for presence.
     target == 0 || target == tgid || unsafe { TARGETS.get(tgid) }.is_some()
+}
+
+/// Whether `tgid` is a followed child still running the command's image
+/// (see `TARGET_SAME_IMAGE`).
+#[inline(always)]
+pub(crate) fn runs_target_image(tgid: u32) -> bool {
+    // SAFETY: a hash lookup whose value is copied at once.
+    unsafe { TARGETS.get(tgid) }.is_some_and(|v| *v == TARGET_SAME_IMAGE)
 }
 
 /// Set once any operator new probe fired: until then, allocation returns

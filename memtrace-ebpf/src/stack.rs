@@ -13,7 +13,7 @@ use memtrace_common::{
 
 use crate::{
     calls::code_range,
-    maps::{CXX_CTX, CXX_SEEN, EVENTS, EXE_CODE, LIB_SITES, WALK, bump},
+    maps::{CXX_CTX, CXX_SEEN, EVENTS, EXE_CODE, LIB_SITES, WALK, bump, runs_target_image},
     ring::{emit, now, put, put_event},
 };
 
@@ -111,7 +111,9 @@ fn step_out(
         return (1, fp, sp);
     };
     let generation = e.sites_gen;
-    let exe = if e.tgid == tgid {
+    // The command's, or a child's forked from it (`report --children`);
+    // no lookup unless a program without frame pointers is traced.
+    let exe = if e.tgid == tgid || (e.tgid != 0 && runs_target_image(tgid)) {
         Code {
             lo: e.lo,
             hi: e.hi,

@@ -8,8 +8,8 @@ use std::path::Path;
 
 use memtrace_tests::{
     Mode, assert_report,
-    report::{Kind, Report},
-    require_ebpf, run_with_timeout, scenario_command, scenarios, serial, trace_cmd,
+    report::{Kind, Report, frame_names},
+    require_ebpf, run_with_timeout, scenario_command, scenarios, serial, trace_cmd, workload_with,
 };
 
 /// The (bytes, blocks) of `r`'s heap stacks starting in `func`, and that
@@ -93,6 +93,39 @@ fn children_are_followed_and_reported_apart() {
         "{:?}",
         t.report.notes()
     );
+}
+
+/// Built at -O2 without frame pointers, the command steps out of its own
+/// functions by their unwind tables; so do the children it forks, which run
+/// its image at the same addresses, until they exec.
+#[test]
+fn forked_children_step_out_of_the_commands_image() {
+    if !require_ebpf() {
+        return;
+    }
+    let _serial = serial();
+    let exe = workload_with("fork_tree", None, &["-O2", "-fomit-frame-pointer"]);
+    let t = trace_cmd(&["--children"], &exe, &[]);
+    let kids = t.report.children();
+    assert_eq!(kids.len(), 3);
+    for (k, func, bytes, blocks) in [
+        (&kids[0], "noleak_kid_forked", 6000, 2),
+        (&kids[1], "noleak_kid_grandchild", 777, 1),
+    ] {
+        let mut seen = (0, 0);
+        for s in k.stacks_for(Kind::Heap, func) {
+            let names = frame_names(s);
+            assert_eq!(
+                names.get(1).map(String::as_str),
+                Some("main"),
+                "pid {}: {names:?}",
+                k.pid()
+            );
+            seen.0 += s["outstanding_bytes"].as_u64().unwrap_or(0);
+            seen.1 += s["outstanding_allocations"].as_u64().unwrap_or(0);
+        }
+        assert_eq!(seen, (bytes, blocks), "pid {}:\n{}", k.pid(), k.describe());
+    }
 }
 
 #[test]

@@ -128,6 +128,43 @@ fn c_wrappers_reach_the_leaking_function() {
     );
 }
 
+/// The same through a shell that execs it (a wrapper script's `exec "$@"`):
+/// the shell (Debian's dash keeps no frame pointers either) had its own
+/// call sites; the new image must get its own, not keep the shell's.
+#[test]
+fn c_wrappers_reach_the_leaking_function_after_an_exec() {
+    if !require_ebpf() {
+        return;
+    }
+    let _g = serial();
+    let exe = workload_with("nofp", None, &["-O2", "-fomit-frame-pointer"]);
+    let t = trace_cmd(
+        &[],
+        std::path::Path::new("/bin/sh"),
+        &["-c".into(), "exec \"$0\"".into(), exe.into()],
+    );
+    let r = &t.report;
+    assert_eq!(
+        attributed(r, "leak_wrapped", exactly(&["xmalloc"]), Some("main")),
+        (1000, 1),
+        "{}",
+        r.describe()
+    );
+    assert_eq!(
+        attributed(
+            r,
+            "leak_nodes",
+            exactly(&["xmalloc", "new_node"]),
+            Some("main")
+        ),
+        (256, 4)
+    );
+    assert_eq!(
+        attributed(r, "leak_grown", exactly(&["xrealloc"]), Some("main")),
+        (3000, 1)
+    );
+}
+
 #[test]
 fn cxx_runtime_reaches_the_leaking_function() {
     if !require_ebpf() {

@@ -56,6 +56,13 @@ pub(super) fn allocating() -> Vec<&'static str> {
 /// has: none when it keeps frame pointers (the walk needs no help) or has
 /// no unwind tables.
 pub fn add_exe_sites(loaded: &mut Loaded, pid: u32) -> Result<usize> {
+    // A new image: what was recorded for the process's last one no longer
+    // applies, whatever this one has.
+    update_exe_code(loaded, |c| {
+        if c.tgid == pid {
+            c.tgid = 0;
+        }
+    })?;
     let exe = procmaps::exe(pid).ok_or_else(|| anyhow!("cannot read /proc/{pid}/exe"))?;
     let maps = procmaps::read_maps(pid).with_context(|| format!("reading /proc/{pid}/maps"))?;
     let snapshot = procmaps::Snapshot::parse(&maps);
@@ -108,23 +115,29 @@ pub fn add_exe_sites(loaded: &mut Loaded, pid: u32) -> Result<usize> {
     if sites == 0 {
         return Ok(0);
     }
+    update_exe_code(loaded, |c| {
+        *c = ExeCode {
+            tgid: pid,
+            sites_gen: c.sites_gen,
+            lo,
+            hi: lo + seg_size,
+            units: seg_size.div_ceil(256),
+        }
+    })?;
+    Ok(sites)
+}
+
+/// Read, change and write back the one `EXE_CODE` entry.
+fn update_exe_code(loaded: &mut Loaded, f: impl FnOnce(&mut ExeCode)) -> Result<()> {
     let map = loaded
         .ebpf
         .map_mut(MAP_EXE_CODE)
         .ok_or_else(|| anyhow!("eBPF map {MAP_EXE_CODE} missing"))?;
     let mut map = Array::<_, ExeCode>::try_from(map)?;
-    let sites_gen = map
+    let mut code = map
         .get(&0, 0)
-        .with_context(|| format!("reading {MAP_EXE_CODE}"))?
-        .sites_gen;
-    let code = ExeCode {
-        tgid: pid,
-        sites_gen,
-        lo,
-        hi: lo + seg_size,
-        units: seg_size.div_ceil(256),
-    };
+        .with_context(|| format!("reading {MAP_EXE_CODE}"))?;
+    f(&mut code);
     map.set(0, code, 0)
-        .with_context(|| format!("setting {MAP_EXE_CODE}"))?;
-    Ok(sites)
+        .with_context(|| format!("setting {MAP_EXE_CODE}"))
 }

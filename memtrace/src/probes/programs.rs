@@ -12,7 +12,7 @@ use aya::{Ebpf, EbpfLoader, programs::UProbe};
 use memtrace_common::{
     GLOBAL_FLOOR_ONLY, GLOBAL_SAMPLE_BYTES, GLOBAL_SELF_TGID, GLOBAL_TARGET_TGID,
     GLOBAL_THREAD_LAST, MAP_EVENTS, MAP_SAMPLED, MAP_SAMPLED_LANES, MAP_TARGETS, MAP_THREADS,
-    SAMPLED_LANE_WORDS,
+    SAMPLED_LANE_WORDS, TARGET_OWN_IMAGE, TARGET_SAME_IMAGE,
 };
 
 use super::multi;
@@ -231,21 +231,32 @@ pub struct Loaded {
 impl Loaded {
     /// Add `tgid` to the processes whose exec and exit events are emitted
     /// and whose loader hook stops them (`report -- CMD --children`), or
-    /// take it out.
-    pub fn follow(&mut self, tgid: u32, on: bool) -> Result<()> {
+    /// change its entry: `same_image` when it still runs the command's
+    /// image (forked from it, no exec since).
+    pub fn follow(&mut self, tgid: u32, same_image: bool) -> Result<()> {
+        let v = if same_image {
+            TARGET_SAME_IMAGE
+        } else {
+            TARGET_OWN_IMAGE
+        };
+        self.targets()?
+            .insert(tgid, v, 0)
+            .with_context(|| format!("adding PID {tgid} to {MAP_TARGETS}"))
+    }
+
+    /// Take `tgid` out of the followed processes (absent already is fine).
+    pub fn unfollow(&mut self, tgid: u32) {
+        if let Ok(mut m) = self.targets() {
+            let _ = m.remove(&tgid);
+        }
+    }
+
+    fn targets(&mut self) -> Result<aya::maps::HashMap<&mut aya::maps::MapData, u32, u8>> {
         let map = self
             .ebpf
             .map_mut(MAP_TARGETS)
             .ok_or_else(|| anyhow!("eBPF map {MAP_TARGETS} missing"))?;
-        let mut map = aya::maps::HashMap::<_, u32, u8>::try_from(map)?;
-        if on {
-            map.insert(tgid, 1, 0)
-                .with_context(|| format!("adding PID {tgid} to {MAP_TARGETS}"))?;
-        } else {
-            // Absent already is fine.
-            let _ = map.remove(&tgid);
-        }
-        Ok(())
+        Ok(aya::maps::HashMap::try_from(map)?)
     }
 }
 

@@ -96,6 +96,13 @@ impl Allocators {
         Ok(n)
     }
 
+    /// The leader exec'd: its links still hold (by inode, for this
+    /// process); the new executable's call sites are looked for at the
+    /// next scan.
+    pub(super) fn new_image(&mut self) {
+        self.exe_sites = false;
+    }
+
     /// Start afresh: the process exec'd (links of the old image detached).
     pub(super) fn rescan_after_exec(&mut self, loaded: &mut probes::Loaded) -> Result<()> {
         std::mem::take(&mut self.links).detach(&mut loaded.ebpf);

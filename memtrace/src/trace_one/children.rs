@@ -21,6 +21,9 @@ const MAX_FOLLOWED: usize = TARGETS_MAX as usize;
 pub(super) struct Followed {
     pid: u32,
     parent: u32,
+    /// It still runs the command's image (forked, no exec since): the
+    /// command's executable call sites apply to it.
+    same_image: bool,
     pub(super) alloc: Allocators,
     pub(super) ident: Ident,
     started: Instant,
@@ -64,6 +67,7 @@ impl Children {
         &mut self,
         pid: u32,
         parent: u32,
+        parent_same_image: bool,
         child: &mut launch::Child,
         loaded: &mut probes::Loaded,
         tracker: &mut Tracker,
@@ -77,9 +81,11 @@ impl Children {
             }
         };
         tracker.watch(pid);
+        let same_image = parent_same_image || self.get_mut(parent).is_some_and(|p| p.same_image);
         let mut f = Followed {
             pid,
             parent,
+            same_image,
             alloc,
             ident: Ident::default(),
             started: Instant::now(),
@@ -87,7 +93,7 @@ impl Children {
             notes: Vec::new(),
         };
         let r = loaded
-            .follow(pid, true)
+            .follow(pid, same_image)
             .and_then(|()| f.alloc.scan(loaded).map(drop));
         if let Err(e) = r {
             f.notes
@@ -97,6 +103,20 @@ impl Children {
         child.follow(pid);
         child.resume_stopped();
         self.list.push(f);
+    }
+
+    /// Process `pid` exec'd (the command, or a child): the children still
+    /// running its image no longer run the command's, or child `pid`
+    /// itself no longer does.
+    pub(super) fn on_exec(&mut self, pid: u32, command: bool, loaded: &mut probes::Loaded) {
+        for f in self
+            .list
+            .iter_mut()
+            .filter(|f| f.same_image && f.ended.is_none() && (command || f.pid == pid))
+        {
+            f.same_image = false;
+            let _ = loaded.follow(f.pid, false);
+        }
     }
 
     /// Keep an attach failure of child `pid` for its report.
@@ -113,7 +133,7 @@ impl Children {
             f.ended = Some(Instant::now());
             let links = std::mem::take(&mut f.alloc.links);
             self.detaching.push(links.detach_later(&mut loaded.ebpf));
-            let _ = loaded.follow(pid, false);
+            loaded.unfollow(pid);
         }
     }
 
@@ -130,7 +150,7 @@ impl Children {
         for f in &mut self.list {
             let links = std::mem::take(&mut f.alloc.links);
             self.detaching.push(links.detach_later(&mut loaded.ebpf));
-            let _ = loaded.follow(f.pid, false);
+            loaded.unfollow(f.pid);
             if f.ended.is_none() {
                 f.ident.refresh(f.pid);
             }
@@ -191,7 +211,7 @@ impl Children {
                 let mut notes = vec![format!(
                     "child process of PID {}, traced from its first instruction: blocks it \
                      inherited at the fork are its parent's (its frees of them count as \
-                     untracked frees); its executable's frames come from the frame-pointer walk",
+                     untracked frees)",
                     f.parent
                 )];
                 let d = &f.alloc.discovery;

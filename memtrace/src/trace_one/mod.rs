@@ -250,10 +250,14 @@ async fn trace(
                             children.get_mut(p).map(|f| &mut f.alloc)
                         };
                         let r = match a {
-                            Some(a) if former_tid == p => a.scan(&mut loaded).map(|_| ()),
+                            Some(a) if former_tid == p => {
+                                a.new_image();
+                                a.scan(&mut loaded).map(|_| ())
+                            }
                             Some(a) => a.rescan_after_exec(&mut loaded),
                             None => Ok(()),
                         };
+                        children.on_exec(p, p == pid, &mut loaded);
                         child.resume_stopped();
                         if p == pid {
                             r.context("attaching to the command's allocators")?;
@@ -278,7 +282,14 @@ async fn trace(
                         }
                     }
                     ChildState::NewProcess { pid: c, parent } => {
-                        children.on_new(c, parent, child, &mut loaded, &mut col.tracker);
+                        children.on_new(
+                            c,
+                            parent,
+                            parent == pid,
+                            child,
+                            &mut loaded,
+                            &mut col.tracker,
+                        );
                     }
                     ChildState::ChildGone { pid: c } => children.on_gone(c, &mut loaded),
                     // The leader is gone but other threads go on.
