@@ -160,6 +160,11 @@ async fn trace(
     let mut sigint = signal(SignalKind::interrupt()).context("installing signal handlers")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing signal handlers")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing signal handlers")?;
+    // A launched command's ptrace stops (a new process, an exec, its
+    // loader's hook, its exit) send memtrace a SIGCHLD: act at once rather
+    // than at the next drain, as the stopped thread waits for memtrace.
+    let launched = matches!(target, Target::Launch(_));
+    let mut sigchld = signal(SignalKind::child()).context("installing signal handlers")?;
 
     let started = Instant::now();
     let mut ident = Ident::default();
@@ -186,6 +191,7 @@ async fn trace(
             _ = sigint.recv() => interrupts += 1,
             _ = sigterm.recv() => interrupts += 1,
             _ = sighup.recv() => interrupts += 1,
+            _ = sigchld.recv(), if launched => {}
         }
         messages.flush();
         if let Some(p) = &mut phases {
