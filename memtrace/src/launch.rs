@@ -209,7 +209,10 @@ impl Child {
                     return ChildState::Gone(Some(status));
                 }
                 if self.procs.remove(&(tid as u32)) {
-                    return ChildState::ChildGone { pid: tid as u32 };
+                    return ChildState::ChildGone {
+                        pid: tid as u32,
+                        status,
+                    };
                 }
                 continue;
             }
@@ -328,9 +331,10 @@ pub enum ChildState {
         pid: u32,
         parent: u32,
     },
-    /// A followed child process is gone.
+    /// A followed child process is gone (with its wait status).
     ChildGone {
         pid: u32,
+        status: libc::c_int,
     },
     /// Exited (with its wait status when known).
     Gone(Option<libc::c_int>),

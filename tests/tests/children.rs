@@ -57,6 +57,7 @@ fn children_are_followed_and_reported_apart() {
     assert_eq!(b.parent_pid(), Some(main), "{}", describe());
     for k in &kids {
         assert!(k.exited(), "pid {} not seen exited", k.pid());
+        assert_eq!(k.json["exit_code"].as_i64(), Some(0), "pid {}", k.pid());
         assert_eq!(k.summary("lost_events"), 0);
     }
     assert_eq!(

@@ -407,6 +407,7 @@ fn dump(
     let kc = t.col.kernel_counters();
     let meta = report::Meta {
         parent_pid: None,
+        wait_status: None,
         pid: key.pid,
         comm: procmaps::comm(key.pid).unwrap_or_default(),
         exe: procmaps::exe(key.pid).unwrap_or_default(),

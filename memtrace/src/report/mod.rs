@@ -39,6 +39,11 @@ pub struct Report {
     pub comm: String,
     pub exe: String,
     pub exited: bool,
+    /// How a launched process ended, when memtrace saw it (`report --
+    /// CMD` and its followed children; null for `--pid`): its exit status,
+    /// or the signal that killed it (e.g. "SIGSEGV").
+    pub exit_code: Option<i32>,
+    pub exit_signal: Option<String>,
     pub duration_ms: u64,
     pub summary: Summary,
     pub stacks: Vec<StackReport>,
@@ -118,6 +123,8 @@ pub fn short_module(m: &str) -> &str {
 pub struct Meta {
     pub pid: u32,
     pub parent_pid: Option<u32>,
+    /// The wait status of a launched process that memtrace saw end.
+    pub wait_status: Option<i32>,
     pub comm: String,
     pub exe: String,
     pub exited: bool,
@@ -315,6 +322,14 @@ pub fn build(input: &Input, symbols: &mut Symbols, meta: Meta, losses: Losses) -
         comm: meta.comm,
         exe: meta.exe,
         exited: meta.exited,
+        exit_code: meta
+            .wait_status
+            .filter(|&s| libc::WIFEXITED(s))
+            .map(|s| libc::WEXITSTATUS(s)),
+        exit_signal: meta
+            .wait_status
+            .filter(|&s| libc::WIFSIGNALED(s))
+            .map(|s| signal_name(libc::WTERMSIG(s))),
         duration_ms: meta.duration_ms,
         summary: Summary {
             outstanding_bytes,
@@ -332,6 +347,48 @@ pub fn build(input: &Input, symbols: &mut Symbols, meta: Meta, losses: Losses) -
         sample_bytes: (input.sample_bytes > 0).then_some(input.sample_bytes),
         notes,
         children: Vec::new(),
+    }
+}
+
+/// "SIGSEGV" for 11, "signal 40" for a number without a name.
+pub fn signal_name(sig: i32) -> String {
+    const NAMES: [&str; 32] = [
+        "",
+        "SIGHUP",
+        "SIGINT",
+        "SIGQUIT",
+        "SIGILL",
+        "SIGTRAP",
+        "SIGABRT",
+        "SIGBUS",
+        "SIGFPE",
+        "SIGKILL",
+        "SIGUSR1",
+        "SIGSEGV",
+        "SIGUSR2",
+        "SIGPIPE",
+        "SIGALRM",
+        "SIGTERM",
+        "SIGSTKFLT",
+        "SIGCHLD",
+        "SIGCONT",
+        "SIGSTOP",
+        "SIGTSTP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGURG",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGWINCH",
+        "SIGIO",
+        "SIGPWR",
+        "SIGSYS",
+    ];
+    match usize::try_from(sig).ok().and_then(|i| NAMES.get(i)) {
+        Some(n) if !n.is_empty() => (*n).to_string(),
+        _ => format!("signal {sig}"),
     }
 }
 

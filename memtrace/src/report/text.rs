@@ -55,7 +55,12 @@ pub fn render(r: &Report) -> String {
 
 fn render_one(o: &mut String, r: &Report) {
     let s = &r.summary;
-    let state = if r.exited { "exited" } else { "running" };
+    let state = match (&r.exit_signal, r.exit_code) {
+        (Some(sig), _) => format!("killed by {sig}"),
+        (None, Some(code)) if code != 0 => format!("exited with status {code}"),
+        _ if r.exited => "exited".to_string(),
+        _ => "running".to_string(),
+    };
     let parent = r
         .parent_pid
         .map(|p| format!(", child of pid {p}"))
@@ -163,6 +168,8 @@ mod tests {
             comm: "w".into(),
             exe: "/w".into(),
             exited: true,
+            exit_code: Some(0),
+            exit_signal: None,
             duration_ms: 10,
             summary: crate::report::Summary::default(),
             stacks: vec![row(Kind::Heap.as_str()), row(Kind::Mmap.as_str())],
@@ -198,6 +205,8 @@ mod tests {
             comm: "w x".into(),
             exe: "/w".into(),
             exited: true,
+            exit_code: Some(0),
+            exit_signal: None,
             duration_ms: 10,
             summary: crate::report::Summary::default(),
             stacks: vec![crate::report::StackReport {
@@ -224,5 +233,12 @@ mod tests {
             crate::report::render_folded(&r),
             "main;a 10\nw_x_[pid_8];main;b 10\n"
         );
+        r.exit_code = None;
+        r.exit_signal = Some(crate::report::signal_name(11));
+        assert!(render(&r).starts_with("memtrace report: pid 7 (w x) /w, killed by SIGSEGV,"));
+        r.exit_signal = None;
+        r.exit_code = Some(7);
+        assert!(render(&r).starts_with("memtrace report: pid 7 (w x) /w, exited with status 7,"));
+        assert_eq!(crate::report::signal_name(40), "signal 40");
     }
 }

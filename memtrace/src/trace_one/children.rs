@@ -27,8 +27,9 @@ pub(super) struct Followed {
     pub(super) alloc: Allocators,
     pub(super) ident: Ident,
     started: Instant,
-    /// When it was seen gone.
+    /// When it was seen gone, and its wait status.
     ended: Option<Instant>,
+    status: Option<i32>,
     /// Attach failures: its allocations may be missing.
     notes: Vec<String>,
 }
@@ -90,6 +91,7 @@ impl Children {
             ident: Ident::default(),
             started: Instant::now(),
             ended: None,
+            status: None,
             notes: Vec::new(),
         };
         let r = loaded
@@ -128,9 +130,10 @@ impl Children {
     }
 
     /// Child `pid` is gone: let go of its probes.
-    pub(super) fn on_gone(&mut self, pid: u32, loaded: &mut probes::Loaded) {
+    pub(super) fn on_gone(&mut self, pid: u32, status: i32, loaded: &mut probes::Loaded) {
         if let Some(f) = self.get_mut(pid) {
             f.ended = Some(Instant::now());
+            f.status = Some(status);
             let links = std::mem::take(&mut f.alloc.links);
             self.detaching.push(links.detach_later(&mut loaded.ebpf));
             loaded.unfollow(pid);
@@ -229,6 +232,7 @@ impl Children {
                 let meta = report::Meta {
                     pid: f.pid,
                     parent_pid: Some(f.parent),
+                    wait_status: f.status,
                     comm: f.ident.comm.clone().unwrap_or_else(|| short_name(&exe)),
                     exe,
                     exited: p.exited_ns.is_some() || f.ended.is_some() || !procmaps::alive(f.pid),

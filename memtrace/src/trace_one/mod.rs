@@ -185,6 +185,7 @@ async fn trace(
     drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut interrupts = 0;
     let mut ticks: u32 = 0;
+    let mut wait_status = None;
     let exited = loop {
         tokio::select! {
             _ = drain.tick() => {}
@@ -297,10 +298,17 @@ async fn trace(
                             &mut col.tracker,
                         );
                     }
-                    ChildState::ChildGone { pid: c } => children.on_gone(c, &mut loaded),
+                    ChildState::ChildGone { pid: c, status } => {
+                        children.on_gone(c, status, &mut loaded);
+                    }
                     // The leader is gone but other threads go on.
-                    ChildState::Gone(_) if procmaps::has_live_threads(pid) => {}
-                    ChildState::Gone(_) => break true,
+                    ChildState::Gone(s) if procmaps::has_live_threads(pid) => {
+                        wait_status = wait_status.or(s);
+                    }
+                    ChildState::Gone(s) => {
+                        wait_status = wait_status.or(s);
+                        break true;
+                    }
                 }
             }
         }
@@ -372,6 +380,7 @@ async fn trace(
     let meta = report::Meta {
         pid,
         parent_pid: None,
+        wait_status,
         comm: ident.comm.unwrap_or_else(|| short_name(prog)),
         exe: ident.exe.unwrap_or_else(|| prog.to_string()),
         exited,
