@@ -153,31 +153,40 @@ mod tests {
         assert_eq!(human_ms(2300), "2.3 s");
     }
 
-    #[test]
-    fn sampled_heap_rows_are_estimates_and_mappings_counts() {
-        let row = |kind| crate::report::StackReport {
-            kind,
-            outstanding_bytes: 4096,
-            outstanding_allocations: 1,
-            oldest_age_ms: 5,
-            frames: Vec::new(),
-        };
-        let r = Report {
+    /// A report of process `pid` holding `stacks`.
+    fn report_of(pid: u32, stacks: Vec<crate::report::StackReport>) -> Report {
+        Report {
             schema_version: 1,
-            pid: 7,
-            comm: "w".into(),
+            pid,
+            parent_pid: None,
+            comm: "w x".into(),
             exe: "/w".into(),
             exited: true,
             exit_code: Some(0),
             exit_signal: None,
             duration_ms: 10,
             summary: crate::report::Summary::default(),
-            stacks: vec![row(Kind::Heap.as_str()), row(Kind::Mmap.as_str())],
-            sample_bytes: Some(512 << 10),
+            stacks,
+            sample_bytes: None,
             notes: Vec::new(),
             children: Vec::new(),
-            parent_pid: None,
-        };
+        }
+    }
+
+    fn row(kind: Kind, frames: Vec<crate::report::Frame>) -> crate::report::StackReport {
+        crate::report::StackReport {
+            kind: kind.as_str(),
+            outstanding_bytes: 4096,
+            outstanding_allocations: 1,
+            oldest_age_ms: 5,
+            frames,
+        }
+    }
+
+    #[test]
+    fn sampled_heap_rows_are_estimates_and_mappings_counts() {
+        let mut r = report_of(7, vec![row(Kind::Heap, vec![]), row(Kind::Mmap, vec![])]);
+        r.sample_bytes = Some(512 << 10);
         let text = render(&r);
         assert!(
             text.contains("#1   heap ~4,096 bytes in ~1 allocations"),
@@ -199,26 +208,8 @@ mod tests {
             module: None,
         };
         let one = |pid, parent_pid, leaf: &str| Report {
-            schema_version: 1,
-            pid,
             parent_pid,
-            comm: "w x".into(),
-            exe: "/w".into(),
-            exited: true,
-            exit_code: Some(0),
-            exit_signal: None,
-            duration_ms: 10,
-            summary: crate::report::Summary::default(),
-            stacks: vec![crate::report::StackReport {
-                kind: Kind::Heap.as_str(),
-                outstanding_bytes: 10,
-                outstanding_allocations: 1,
-                oldest_age_ms: 5,
-                frames: vec![frame(leaf), frame("main")],
-            }],
-            sample_bytes: None,
-            notes: Vec::new(),
-            children: Vec::new(),
+            ..report_of(pid, vec![row(Kind::Heap, vec![frame(leaf), frame("main")])])
         };
         let mut r = one(7, None, "a");
         r.children = vec![one(8, Some(7), "b")];
@@ -231,7 +222,7 @@ mod tests {
         );
         assert_eq!(
             crate::report::render_folded(&r),
-            "main;a 10\nw_x_[pid_8];main;b 10\n"
+            "main;a 4096\nw_x_[pid_8];main;b 4096\n"
         );
         r.exit_code = None;
         r.exit_signal = Some(crate::report::signal_name(11));
