@@ -186,7 +186,7 @@ async fn trace(
     let mut interrupts = 0;
     let mut ticks: u32 = 0;
     let mut wait_status = None;
-    let exited = loop {
+    let exited = 'run: loop {
         tokio::select! {
             _ = drain.tick() => {}
             _ = sigint.recv() => interrupts += 1,
@@ -231,83 +231,88 @@ async fn trace(
                 if interrupts > 1 {
                     break false;
                 }
-                match child.poll() {
-                    ChildState::Running => {}
-                    ChildState::ExitStop { pid: p } => {
-                        // Its memory is still intact: take the last events
-                        // and normalize their stacks now.
-                        col.drain();
-                        col.resolve_new_stacks();
-                        if p == pid {
-                            ident.refresh(pid);
-                        } else if let Some(f) = children.get_mut(p) {
-                            f.ident.refresh(p);
-                        }
-                        child.resume_stopped();
-                    }
-                    ChildState::ExecStop { pid: p, former_tid } => {
-                        // A new image: find its allocators (a static
-                        // executable's own, the loader's hook) before it
-                        // runs. Links made for the leader still hold (by
-                        // inode, for this process); an exec from another
-                        // thread needs them made again.
-                        let a = if p == pid {
-                            Some(&mut alloc)
-                        } else {
-                            children.get_mut(p).map(|f| &mut f.alloc)
-                        };
-                        let r = match a {
-                            Some(a) if former_tid == p => {
-                                a.new_image();
-                                a.scan(&mut loaded).map(|_| ())
+                // Every stop waiting: one SIGCHLD may stand for several.
+                loop {
+                    match child.poll() {
+                        ChildState::Running => break,
+                        ChildState::ExitStop { pid: p } => {
+                            // Its memory is still intact: take the last events
+                            // and normalize their stacks now.
+                            col.drain();
+                            col.resolve_new_stacks();
+                            if p == pid {
+                                ident.refresh(pid);
+                            } else if let Some(f) = children.get_mut(p) {
+                                f.ident.refresh(p);
                             }
-                            Some(a) => a.rescan_after_exec(&mut loaded),
-                            None => Ok(()),
-                        };
-                        children.on_exec(p, p == pid, &mut loaded);
-                        child.resume_stopped();
-                        if p == pid {
-                            r.context("attaching to the command's allocators")?;
-                        } else {
-                            children.on_error(p, r);
+                            child.resume_stopped();
                         }
-                    }
-                    ChildState::LoaderStop { pid: p } => {
-                        // The loader mapped objects and runs none of them yet.
-                        let r = if p == pid {
-                            alloc.scan(&mut loaded).map(|_| ())
-                        } else {
-                            children
-                                .get_mut(p)
-                                .map_or(Ok(()), |f| f.alloc.scan(&mut loaded).map(|_| ()))
-                        };
-                        child.resume_stopped();
-                        if p == pid {
-                            r.context("attaching to the command's allocators")?;
-                        } else {
-                            children.on_error(p, r);
+                        ChildState::ExecStop { pid: p, former_tid } => {
+                            // A new image: find its allocators (a static
+                            // executable's own, the loader's hook) before it
+                            // runs. Links made for the leader still hold (by
+                            // inode, for this process); an exec from another
+                            // thread needs them made again.
+                            let a = if p == pid {
+                                Some(&mut alloc)
+                            } else {
+                                children.get_mut(p).map(|f| &mut f.alloc)
+                            };
+                            let r = match a {
+                                Some(a) if former_tid == p => {
+                                    a.new_image();
+                                    a.scan(&mut loaded).map(|_| ())
+                                }
+                                Some(a) => a.rescan_after_exec(&mut loaded),
+                                None => Ok(()),
+                            };
+                            children.on_exec(p, p == pid, &mut loaded);
+                            child.resume_stopped();
+                            if p == pid {
+                                r.context("attaching to the command's allocators")?;
+                            } else {
+                                children.on_error(p, r);
+                            }
                         }
-                    }
-                    ChildState::NewProcess { pid: c, parent } => {
-                        children.on_new(
-                            c,
-                            parent,
-                            parent == pid,
-                            child,
-                            &mut loaded,
-                            &mut col.tracker,
-                        );
-                    }
-                    ChildState::ChildGone { pid: c, status } => {
-                        children.on_gone(c, status, &mut loaded);
-                    }
-                    // The leader is gone but other threads go on.
-                    ChildState::Gone(s) if procmaps::has_live_threads(pid) => {
-                        wait_status = wait_status.or(s);
-                    }
-                    ChildState::Gone(s) => {
-                        wait_status = wait_status.or(s);
-                        break true;
+                        ChildState::LoaderStop { pid: p } => {
+                            // The loader mapped objects and runs none of them yet.
+                            let r = if p == pid {
+                                alloc.scan(&mut loaded).map(|_| ())
+                            } else {
+                                children
+                                    .get_mut(p)
+                                    .map_or(Ok(()), |f| f.alloc.scan(&mut loaded).map(|_| ()))
+                            };
+                            child.resume_stopped();
+                            if p == pid {
+                                r.context("attaching to the command's allocators")?;
+                            } else {
+                                children.on_error(p, r);
+                            }
+                        }
+                        ChildState::NewProcess { pid: c, parent } => {
+                            children.on_new(
+                                c,
+                                parent,
+                                parent == pid,
+                                child,
+                                &mut loaded,
+                                &mut col.tracker,
+                            );
+                        }
+                        ChildState::ChildGone { pid: c, status } => {
+                            children.on_gone(c, status, &mut loaded);
+                        }
+                        // The leader is gone but other threads go on.
+                        ChildState::Gone(s) if procmaps::has_live_threads(pid) => {
+                            wait_status = wait_status.or(s);
+                            // Look again at the next drain.
+                            break;
+                        }
+                        ChildState::Gone(s) => {
+                            wait_status = wait_status.or(s);
+                            break 'run true;
+                        }
                     }
                 }
             }
