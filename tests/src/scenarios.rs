@@ -390,6 +390,13 @@ pub const FORK_TREE: Scenario = Scenario {
     ..Scenario::new("fork_tree", "fork_tree")
 };
 
+/// Every signal delivered through memtrace's ptrace stops, then a leak.
+pub const SIGNALS: Scenario = Scenario {
+    source: "signals.c",
+    expect: &[heap("leak_after_signals", 321, 1).from("main")],
+    ..Scenario::new("signals", "signals")
+};
+
 const EXEC_ABSENT: &[&str] = &[
     "noleak_before_exec",
     "noleak_before_exec_many",
@@ -571,6 +578,7 @@ pub const ALL: &[&Scenario] = &[
     &THREADS_LEADER_EXIT,
     &FORK,
     &FORK_TREE,
+    &SIGNALS,
     &EXEC,
     &EXEC_FROM_THREAD,
     &EXEC_TRUE,

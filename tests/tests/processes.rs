@@ -18,6 +18,8 @@ scenario_test!(quick_exit_by_return, scenarios::QUICK);
 
 scenario_test!(quick_exit_by_underscore_exit, scenarios::QUICK_EXIT);
 
+scenario_test!(signals_are_all_delivered, scenarios::SIGNALS);
+
 /// How the command ended is in the report: its exit status, or the signal
 /// that killed it (a process dying mid-trace still gets its report, and
 /// memtrace itself succeeds).

@@ -187,29 +187,34 @@ async fn trace(
     let mut ticks: u32 = 0;
     let mut wait_status = None;
     let exited = 'run: loop {
-        tokio::select! {
-            _ = drain.tick() => {}
-            _ = sigint.recv() => interrupts += 1,
-            _ = sigterm.recv() => interrupts += 1,
-            _ = sighup.recv() => interrupts += 1,
-            _ = sigchld.recv(), if launched => {}
+        // Whether to do the periodic work; a SIGCHLD alone only asks for
+        // the ptrace stops (a program taking many signals stops at each).
+        let periodic = tokio::select! {
+            _ = drain.tick() => true,
+            _ = sigint.recv() => { interrupts += 1; true }
+            _ = sigterm.recv() => { interrupts += 1; true }
+            _ = sighup.recv() => { interrupts += 1; true }
+            _ = sigchld.recv(), if launched => false,
+        };
+        if periodic {
+            messages.flush();
+            if let Some(p) = &mut phases {
+                p.tick()?;
+            }
+            ticks = ticks.wrapping_add(1);
+            if ticks.is_multiple_of(64) {
+                // The name changes only at exec: every ~128 ms is plenty
+                // (and the exit stop and the end read it again).
+                ident.refresh(pid);
+            }
+            if col.drain() > 0 {
+                // Normalize new stacks at once: the process may exit any
+                // time.
+                col.resolve_new_stacks();
+            }
+            alloc.poll(&mut loaded);
+            children.poll(&mut loaded);
         }
-        messages.flush();
-        if let Some(p) = &mut phases {
-            p.tick()?;
-        }
-        ticks = ticks.wrapping_add(1);
-        if ticks.is_multiple_of(64) {
-            // The name changes only at exec: every ~128 ms is plenty (and
-            // the exit stop and the end read it again).
-            ident.refresh(pid);
-        }
-        if col.drain() > 0 {
-            // Normalize new stacks at once: the process may exit any time.
-            col.resolve_new_stacks();
-        }
-        alloc.poll(&mut loaded);
-        children.poll(&mut loaded);
         match &mut target {
             Target::Attach(pid) => {
                 if col.take_thread_execs().contains(pid) {
