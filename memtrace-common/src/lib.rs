@@ -143,7 +143,8 @@ pub const GLOBAL_THREAD_LAST: &str = "THREAD_LAST";
 /// Global: when nonzero, process events (exec/exit) are only emitted for the
 /// tgid stored in [`GLOBAL_TARGET_TGID`].
 pub const GLOBAL_TARGET_TGID: &str = "TARGET_TGID";
-/// Map: further processes of `report -- CMD --children` (tgid → 1), whose
+/// Map: further processes of `report -- CMD --children` (tgid →
+/// [`TARGET_OWN_IMAGE`] or [`TARGET_SAME_IMAGE`]), whose
 /// process events are emitted and whose loader hook stops them, as for
 /// [`GLOBAL_TARGET_TGID`]'s.
 pub const MAP_TARGETS: &str = "TARGETS";

@@ -85,7 +85,8 @@ static FLOOR_ONLY: u32 = 0;
 pub(crate) static TARGET_TGID: u32 = 0;
 
 /// The child processes `report -- CMD --children` follows besides
-/// `TARGET_TGID` (tgid → 1), filled by userspace.
+/// `TARGET_TGID` (tgid → `TARGET_OWN_IMAGE` or `TARGET_SAME_IMAGE`),
+/// filled by userspace.
 #[map(name = "TARGETS")]
 static TARGETS: HashMap<u32, u8> = HashMap::with_max_entries(TARGETS_MAX, 0);
 

@@ -25,10 +25,10 @@ const SIGCHLD: u32 = 17;
 /// The dynamic loader's `_dl_debug_state` (its debugger hook): called after
 /// it mapped new objects (at start-up and in every `dlopen`), before any of
 /// their code runs. For the process `report -- CMD` launched (and
-/// ptrace-seized) and the children it follows, stop the calling thread: memtrace sees the SIGCHLD as a
-/// ptrace signal stop, attaches to any allocator among the new objects,
-/// and resumes the thread without delivering the signal. Nobody else is
-/// ever signalled.
+/// ptrace-seized) and the children it follows, stop the calling thread:
+/// memtrace sees the SIGCHLD as a ptrace signal stop, attaches to any
+/// allocator among the new objects, and resumes the thread without
+/// delivering the signal. Nobody else is ever signalled.
 #[uprobe]
 pub fn loader_stop(_ctx: ProbeContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
